@@ -1,0 +1,49 @@
+# dicomgw — the two commands a new user needs: `make run` and `make test`.
+# Everything a target needs is installed by the target itself (into .venv and .tools, both git-ignored).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+TOOLS := $(CURDIR)/.tools
+UV := $(TOOLS)/uv/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
+export DICOMGW_TOOLS := $(TOOLS)
+
+.PHONY: help install run test test-unit lint bench clean tools-minio tools-postgres tools-browser
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
+
+install: $(UV)  ## install the Python workspace into .venv
+	$(UV) sync --frozen --all-packages --group dev
+
+run: install  ## serve the embedded gateway at http://127.0.0.1:$${PORT:-8080}/dicom-web
+	$(UV_PROJECT_ENVIRONMENT)/bin/dicomgw serve
+
+tools-minio:  ## build MinIO from its Go module into .tools (cached)
+	bash scripts/install-minio.sh
+
+tools-postgres:  ## install PostgreSQL server binaries (Debian packages)
+	bash scripts/install-postgres.sh
+
+tools-browser:  ## install Chromium, playwright-core and the OHIF viewer build into .tools
+	bash scripts/install-browser.sh
+
+test: install tools-minio tools-postgres tools-browser  ## install everything the suite needs, then run all of it
+	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: install  ## only the fast unit tests
+	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q tests/unit
+
+lint: install  ## ruff and mypy
+	$(UV_PROJECT_ENVIRONMENT)/bin/ruff check libs services tests
+	$(UV_PROJECT_ENVIRONMENT)/bin/mypy libs/dicomgw/src
+
+bench: install tools-minio  ## benchmarks (figures as ratios, see bench/README.md)
+	$(UV_PROJECT_ENVIRONMENT)/bin/python bench/run.py
+
+clean:  ## remove the data folder and caches (keeps .tools)
+	rm -rf var .pytest_cache test-artifacts

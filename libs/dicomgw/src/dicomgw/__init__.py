@@ -1,0 +1,1 @@
+"""dicomgw shared core: DICOM parsing, storage, index, multipart, errors."""

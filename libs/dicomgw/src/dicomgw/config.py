@@ -1,0 +1,92 @@
+"""Settings, one pydantic-settings class per concern, read from DICOMGW_* environment variables.
+
+Defaults are those of the embedded mode: SQLite index and a local object folder under DATA_DIR.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StorageSettings(BaseSettings):
+    """Where originals and derived objects live."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_STORAGE_")
+
+    backend: Literal["local", "s3"] = "local"
+    # local backend: folder of objects (default DATA_DIR/objects)
+    path: Path | None = None
+    # s3 backend
+    endpoint_url: str | None = None
+    bucket: str = "dicom-originals"
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: str | None = None
+    create_bucket: bool = True
+    # bounded pool of concurrent PUTs per request
+    max_concurrency: int = 8
+
+
+class IndexSettings(BaseSettings):
+    """The index database."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_INDEX_")
+
+    # SQLAlchemy async URL; default sqlite+aiosqlite:///DATA_DIR/index.sqlite3
+    url: str | None = None
+    # case-insensitive person-name matching (PS3.4 C.2.2.2.1 leaves it to the implementation)
+    case_insensitive_names: bool = True
+    pool_size: int = 10
+
+
+class HttpSettings(BaseSettings):
+    """The HTTP front: base path, CORS, limits."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_HTTP_")
+
+    base_path: str = "/dicom-web"
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    cors_max_age: int = 86400
+    # 0 = no cap on a STOW request body
+    max_request_bytes: int = 0
+    # parts larger than this are spooled to disk while they stream in
+    spool_memory_bytes: int = 1 << 20
+    # QIDO default and maximum page size
+    qido_default_limit: int = 1000
+    qido_max_limit: int = 10000
+
+
+class Settings(BaseSettings):
+    """All settings of one dicomgw process."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_")
+
+    data_dir: Path = Field(default=Path("var"), validation_alias="DATA_DIR")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, validation_alias="PORT")
+    log_level: str = "info"
+    # background loop inside the process (embedded); seconds between outbox polls
+    worker_poll_seconds: float = 2.0
+    verify_cycle_seconds: float = 7 * 24 * 3600
+
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+
+    @property
+    def objects_path(self) -> Path:
+        return self.storage.path or (self.data_dir / "objects")
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def index_url(self) -> str:
+        if self.index.url:
+            return self.index.url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"

@@ -1,0 +1,46 @@
+"""Which attributes belong to the patient/study level and which to the series level (PS3.4 C.6.2)."""
+
+from __future__ import annotations
+
+from pydicom.datadict import tag_for_keyword
+
+
+def _tags(*keywords: str) -> frozenset[int]:
+    out = set()
+    for kw in keywords:
+        tag = tag_for_keyword(kw)
+        if tag is None:  # pragma: no cover - a typo in the tables below
+            raise KeyError(kw)
+        out.add(int(tag))
+    return frozenset(out)
+
+
+STUDY_LEVEL_TAGS = _tags(
+    # Patient module
+    "PatientName", "PatientID", "IssuerOfPatientID", "TypeOfPatientID", "OtherPatientIDsSequence",
+    "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientComments", "EthnicGroup",
+    "OtherPatientNames", "PatientSpeciesDescription", "PatientBreedDescription",
+    "ResponsiblePerson", "ResponsibleOrganization", "PatientIdentityRemoved",
+    "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+    # General Study / Patient Study modules
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+    "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyDescription",
+    "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy", "ProcedureCodeSequence",
+    "ReferencedStudySequence", "RequestingServiceCodeSequence", "AdmittingDiagnosesDescription",
+    "PatientAge", "PatientSize", "PatientWeight", "Occupation", "AdditionalPatientHistory",
+    "PregnancyStatus", "SmokingStatus", "PatientSexNeutered",
+)
+
+SERIES_LEVEL_TAGS = _tags(
+    "Modality", "SeriesInstanceUID", "SeriesNumber", "Laterality", "SeriesDate", "SeriesTime",
+    "PerformingPhysicianName", "ProtocolName", "SeriesDescription", "SeriesDescriptionCodeSequence",
+    "OperatorsName", "BodyPartExamined", "PatientPosition", "AnatomicalOrientationType",
+    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+    "PerformedProcedureStepID", "PerformedProcedureStepDescription",
+    "RequestAttributesSequence", "FrameOfReferenceUID", "PositionReferenceIndicator",
+    "Manufacturer", "InstitutionName", "StationName", "ManufacturerModelName",
+    "InstitutionalDepartmentName", "SoftwareVersions",
+)
+
+# Always present in a study-level JSON object even though they live in the instance
+SPECIFIC_CHARACTER_SET = 0x00080005

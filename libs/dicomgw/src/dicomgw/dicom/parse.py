@@ -1,0 +1,400 @@
+"""Header-only parse of one stored original: the index row, the DICOM JSON and the byte layout.
+
+The file is read once, lazily: values larger than ``DEFER_BYTES`` are not loaded, pixel data is walked
+item by item (never read whole), so parsing a 2 GB multi-frame instance costs a few kilobytes of memory.
+What comes out is everything retrieval needs without opening the original again: the QIDO columns,
+the per-level JSON, the instance's DICOM JSON with BulkDataURIs, and where every frame and bulk value
+sits in the file (so a frame is one ranged read).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from dicomgw.dicom.levels import SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
+from dicomgw.dicom.names import fold_person_name, person_name_words
+from dicomgw.errors import CannotUnderstand, SOPClassNotSupported, TransferSyntaxNotSupported
+
+# Placeholder at the start of every stored BulkDataURI; retrieval swaps in the request's base URL.
+BULK_BASE = "@@BASE@@"
+DEFER_BYTES = 1024
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+PIXEL_DATA = 0x7FE00010
+_PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_ITEM = 0xFFFEE000
+_SEQ_DELIM = 0xFFFEE0DD
+_FILE_META_GROUP = 0x0002
+
+
+def valid_uid(value: str) -> bool:
+    return 0 < len(value) <= 64 and bool(_UID_RE.match(value))
+
+
+@dataclass
+class ParsedInstance:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study: dict[str, Any]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+    study_json: str
+    series_json: str
+    metadata_json: str
+    layout: dict[str, Any] = field(default_factory=dict)
+
+
+def _str(ds: Dataset, keyword: str, limit: int | None = None) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    if limit is not None:
+        text = text[:limit]
+    return text or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _pn(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def _members(json_dict: dict[str, Any], tags: frozenset[int] | None, exclude: frozenset[int]) -> str:
+    """DICOM JSON members (no braces) for the tags of one level, in tag order."""
+    parts = []
+    for key in sorted(json_dict):
+        tag = int(key, 16)
+        if (tags is None or tag in tags) and tag not in exclude:
+            parts.append(f"{json.dumps(key)}:{json.dumps(json_dict[key], separators=(',', ':'))}")
+    return ",".join(parts)
+
+
+def _walk_pixel_data(fp: BinaryIO, file_size: int, implicit: bool, little: bool) -> dict[str, Any]:
+    """Read the Pixel Data element header at fp and locate its value or its fragments."""
+    endian = "<" if little else ">"
+    start = fp.tell()
+    header = fp.read(8)
+    if len(header) < 8:
+        raise CannotUnderstand("truncated before Pixel Data")
+    group, elem = struct.unpack(endian + "HH", header[:4])
+    tag = group << 16 | elem
+    if implicit:
+        vr = "OW"
+        (length,) = struct.unpack(endian + "L", header[4:8])
+    else:
+        vr = header[4:6].decode("ascii", "replace")
+        if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN", "SQ", "UT", "UC", "UR"):
+            more = fp.read(4)
+            if len(more) < 4:
+                raise CannotUnderstand("truncated Pixel Data header")
+            (length,) = struct.unpack(endian + "L", more)
+        else:
+            (length,) = struct.unpack(endian + "H", header[6:8])
+    value_offset = fp.tell()
+    if length != 0xFFFFFFFF:
+        if value_offset + length > file_size:
+            raise CannotUnderstand("truncated: Pixel Data runs past the end of the file")
+        fp.seek(value_offset + length)
+        return {"tag": tag, "vr": vr, "offset": value_offset, "length": length,
+                "encapsulated": False, "element_offset": start}
+    # Encapsulated: items of fragments (PS3.5 A.4); the first item is the Basic Offset Table
+    items: list[tuple[int, int]] = []
+    pos = value_offset
+    while True:
+        fp.seek(pos)
+        item = fp.read(8)
+        if len(item) < 8:
+            raise CannotUnderstand("truncated: encapsulated Pixel Data has no sequence delimiter")
+        g, e, item_len = struct.unpack("<HHL", item)
+        item_tag = g << 16 | e
+        if item_tag == _SEQ_DELIM:
+            pos += 8
+            break
+        if item_tag != _ITEM or item_len == 0xFFFFFFFF:
+            raise CannotUnderstand("malformed encapsulated Pixel Data item")
+        if pos + 8 + item_len > file_size:
+            raise CannotUnderstand("truncated: Pixel Data fragment runs past the end of the file")
+        items.append((pos + 8, item_len))
+        pos += 8 + item_len
+    fp.seek(pos)
+    if not items:
+        raise CannotUnderstand("encapsulated Pixel Data without a Basic Offset Table item")
+    bot_offset, bot_len = items[0]
+    bot: list[int] = []
+    if bot_len:
+        fp.seek(bot_offset)
+        raw = fp.read(bot_len)
+        bot = list(struct.unpack(f"<{bot_len // 4}L", raw[: bot_len // 4 * 4]))
+        fp.seek(pos)
+    return {"tag": tag, "vr": vr, "offset": value_offset, "length": pos - value_offset,
+            "encapsulated": True, "fragments": items[1:], "bot": bot, "element_offset": start,
+            "first_fragment_item": value_offset + 8 + bot_len}
+
+
+def _frames(pixel: dict[str, Any], ds: Dataset, eot: list[int] | None) -> list[list[list[int]]] | None:
+    """Byte ranges of every frame: [[offset, length], ...] per frame (several for a fragmented frame)."""
+    n_frames = _int(ds, "NumberOfFrames") or 1
+    if not pixel["encapsulated"]:
+        rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+        spp, bits = _int(ds, "SamplesPerPixel") or 1, _int(ds, "BitsAllocated")
+        if not rows or not cols or not bits or bits % 8:
+            return None  # 1-bit or incomplete descriptions are decoded, not sliced
+        size = rows * cols * spp * bits // 8
+        if str(ds.get("PhotometricInterpretation", "")).startswith("YBR_FULL_422"):
+            size = rows * cols * 2 * bits // 8  # two samples per pixel after 4:2:2 subsampling
+        if size * n_frames > pixel["length"]:
+            raise CannotUnderstand("Pixel Data is shorter than Rows x Columns x Frames says")
+        return [[[pixel["offset"] + i * size, size]] for i in range(n_frames)]
+    fragments = pixel["fragments"]
+    if n_frames == 1:
+        return [[[off, ln] for off, ln in fragments]]
+    if len(fragments) == n_frames:
+        return [[[off, ln]] for off, ln in fragments]
+    # Several fragments per frame: group by an offset table (extended, else basic)
+    starts = eot or pixel["bot"]
+    if len(starts) != n_frames:
+        return None
+    base = pixel["first_fragment_item"]
+    frame_of_item: dict[int, int] = {base + s: i for i, s in enumerate(starts)}
+    frames: list[list[list[int]]] = [[] for _ in range(n_frames)]
+    current = -1
+    for off, ln in fragments:
+        current = frame_of_item.get(off - 8, current)
+        if current < 0:
+            return None
+        frames[current].append([off, ln])
+    return frames if all(frames) else None
+
+
+def _check_uids(ds: Dataset) -> tuple[str, str, str, str]:
+    out = []
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = _str(ds, keyword)
+        if value is None:
+            raise CannotUnderstand(f"missing {keyword}")
+        value = value.rstrip("\0 ")
+        if not valid_uid(value):
+            raise CannotUnderstand(f"{keyword} is not a valid UID")
+        out.append(value)
+    return out[0], out[1], out[2], out[3]
+
+
+def _check_sop_class(sop_class: str) -> None:
+    uid = UID(sop_class)
+    # Unknown (private) SOP classes are archived; a known one that is not a storage class is refused.
+    if uid.is_valid and uid.name != sop_class and uid.type == "SOP Class":
+        name = uid.name
+        if "Storage" not in name and "Report" not in name:
+            raise SOPClassNotSupported(f"{name} is not a storage SOP class")
+
+
+def _check_transfer_syntax(ts: str) -> UID:
+    uid = UID(ts)
+    if not valid_uid(ts):
+        raise TransferSyntaxNotSupported("Transfer Syntax UID is not a valid UID")
+    if uid.is_transfer_syntax:
+        return uid
+    raise TransferSyntaxNotSupported(f"unknown transfer syntax {ts}")
+
+
+def parse_instance(path: Path) -> ParsedInstance:
+    """Parse the PS3.10 file at ``path``; raise an InstanceRejected subclass if it is not acceptable."""
+    path = Path(path)
+    file_size = path.stat().st_size
+    with open(path, "rb") as fp:
+        preamble = fp.read(132)
+        if len(preamble) < 132 or preamble[128:132] != b"DICM":
+            raise CannotUnderstand("not a DICOM PS3.10 file (no DICM prefix)")
+        fp.seek(0)
+        try:
+            ts_probe = pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID")
+        except Exception as exc:
+            raise CannotUnderstand(f"unreadable File Meta Information: {exc}") from exc
+        if not ts_probe:
+            raise CannotUnderstand("missing Transfer Syntax UID in File Meta Information")
+        transfer_syntax = _check_transfer_syntax(str(ts_probe).rstrip("\0 "))
+        deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
+        fp.seek(0)
+        try:
+            ds: FileDataset = pydicom.dcmread(
+                fp, defer_size=None if deflated else DEFER_BYTES, stop_before_pixels=not deflated
+            )
+            after_header = fp.tell()
+        except Exception as exc:
+            raise CannotUnderstand(f"unreadable dataset: {exc}") from exc
+        study_uid, series_uid, sop_uid, sop_class = _check_uids(ds)
+        _check_sop_class(sop_class)
+
+        layout: dict[str, Any] = {"deflated": deflated, "bulk": {}}
+        bulk_tags: dict[int, str] = {}
+        implicit = transfer_syntax.is_implicit_VR
+        little = transfer_syntax.is_little_endian
+        trailing: Dataset | None = None
+        if not deflated:
+            # Deferred top-level binary values become bulk data (never loaded now)
+            for tag in list(ds.keys()):
+                raw = ds.get_item(tag)
+                if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+                    vr = raw.VR or pydicom.datadict.dictionary_VR(tag)
+                    if raw.value_tell + raw.length > file_size:
+                        raise CannotUnderstand(f"truncated: {tag} runs past the end of the file")
+                    if vr in BINARY_VRS:
+                        layout["bulk"][f"{int(tag):08X}"] = [raw.value_tell, raw.length]
+                        bulk_tags[int(tag)] = vr
+                        del ds[tag]
+            fp.seek(after_header)
+            if after_header < file_size:
+                pixel = _walk_pixel_data(fp, file_size, implicit, little)
+                if pixel["tag"] in _PIXEL_TAGS:
+                    key = f"{pixel['tag']:08X}"
+                    layout["bulk"][key] = [pixel["offset"], pixel["length"]]
+                    bulk_tags[pixel["tag"]] = pixel["vr"]
+                    layout["pixel_data"] = {
+                        "tag": key, "encapsulated": pixel["encapsulated"],
+                        "offset": pixel["offset"], "length": pixel["length"],
+                    }
+                    eot = None
+                    if "ExtendedOffsetTable" in ds:
+                        raw_eot = ds.ExtendedOffsetTable
+                        eot = list(struct.unpack(f"<{len(raw_eot) // 8}Q", raw_eot))
+                    layout["frames"] = _frames(pixel, ds, eot) if pixel["tag"] == PIXEL_DATA else None
+                if fp.tell() < file_size:
+                    try:
+                        trailing = read_dataset(fp, implicit, little, defer_size=DEFER_BYTES)
+                    except Exception as exc:
+                        raise CannotUnderstand(f"unreadable data after Pixel Data: {exc}") from exc
+        else:
+            layout["frames"] = None
+            for tag in _PIXEL_TAGS:
+                if tag in ds:
+                    bulk_tags[tag] = ds[tag].VR
+                    del ds[tag]
+
+        try:
+            json_dict = ds.to_json_dict(bulk_data_threshold=1 << 62)
+            if trailing is not None:
+                for tag in list(trailing.keys()):
+                    item = trailing.get_item(tag)
+                    if isinstance(item, RawDataElement) and item.value is None and item.length:
+                        del trailing[tag]  # too large to inline; not needed for metadata
+                json_dict.update(trailing.to_json_dict(bulk_data_threshold=1 << 62))
+        except Exception as exc:
+            raise CannotUnderstand(f"undecodable attribute value: {exc}") from exc
+
+        instance_url = (
+            f"{BULK_BASE}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+        )
+        for tag, vr in bulk_tags.items():
+            json_dict[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{instance_url}/bulkdata/{tag:08X}"}
+        for key in [k for k in json_dict if int(k, 16) >> 16 == _FILE_META_GROUP]:
+            del json_dict[key]
+
+    layout["pixel"] = {
+        kw: ds.get(kw)
+        for kw in (
+            "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit",
+            "PixelRepresentation", "PhotometricInterpretation", "PlanarConfiguration",
+            "NumberOfFrames",
+        )
+        if ds.get(kw) not in (None, "")
+    }
+    layout["pixel"] = {k: (str(v) if k == "PhotometricInterpretation" else int(v))
+                       for k, v in layout["pixel"].items()}
+
+    charset = json_dict.get("00080005")
+    exclude = frozenset()
+    study_members = _members(json_dict, STUDY_LEVEL_TAGS, exclude)
+    series_members = _members(json_dict, SERIES_LEVEL_TAGS, exclude)
+    if charset is not None:
+        cs = f'"00080005":{json.dumps(charset, separators=(",", ":"))}'
+        study_members = ",".join(filter(None, [cs, study_members]))
+        series_members = ",".join(filter(None, [cs, series_members]))
+    metadata_json = "{" + _members(json_dict, None, exclude) + "}"
+
+    patient_name = _pn(ds, "PatientName")
+    referring = _pn(ds, "ReferringPhysicianName")
+    study = {
+        "study_instance_uid": study_uid,
+        "study_date": _str(ds, "StudyDate", 8),
+        "study_time": _str(ds, "StudyTime", 16),
+        "accession_number": _str(ds, "AccessionNumber", 64),
+        "study_id": _str(ds, "StudyID", 16),
+        "study_description": _str(ds, "StudyDescription", 256),
+        "referring_physician_name": referring,
+        "referring_physician_name_folded": fold_person_name(referring),
+        "patient_name": patient_name,
+        "patient_name_folded": fold_person_name(patient_name),
+        "patient_name_words": person_name_words(patient_name),
+        "patient_id": _str(ds, "PatientID", 64),
+        "patient_birth_date": _str(ds, "PatientBirthDate", 8),
+        "patient_sex": _str(ds, "PatientSex", 16),
+        "attributes_json": study_members,
+    }
+    series = {
+        "series_instance_uid": series_uid,
+        "study_instance_uid": study_uid,
+        "modality": _str(ds, "Modality", 16),
+        "series_number": _int(ds, "SeriesNumber"),
+        "series_description": _str(ds, "SeriesDescription", 256),
+        "series_date": _str(ds, "SeriesDate", 8),
+        "series_time": _str(ds, "SeriesTime", 16),
+        "body_part_examined": _str(ds, "BodyPartExamined", 64),
+        "performed_procedure_step_start_date": _str(ds, "PerformedProcedureStepStartDate", 8),
+        "performed_procedure_step_start_time": _str(ds, "PerformedProcedureStepStartTime", 16),
+        "attributes_json": series_members,
+    }
+    instance = {
+        "sop_instance_uid": sop_uid,
+        "series_instance_uid": series_uid,
+        "study_instance_uid": study_uid,
+        "sop_class_uid": sop_class,
+        "instance_number": _int(ds, "InstanceNumber"),
+        "transfer_syntax_uid": str(transfer_syntax),
+        "content_date": _str(ds, "ContentDate", 8),
+        "content_time": _str(ds, "ContentTime", 16),
+        "rows": _int(ds, "Rows"),
+        "columns": _int(ds, "Columns"),
+        "number_of_frames": _int(ds, "NumberOfFrames"),
+    }
+    return ParsedInstance(
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=str(transfer_syntax),
+        study=study,
+        series=series,
+        instance=instance,
+        study_json=study_members,
+        series_json=series_members,
+        metadata_json=metadata_json,
+        layout=layout,
+    )
+
+
+__all__ = ["BULK_BASE", "ParsedInstance", "InvalidDicomError", "parse_instance", "valid_uid"]

@@ -1,0 +1,94 @@
+"""One error hierarchy for dicomgw, each error carrying its HTTP status and DICOM failure reason.
+
+Handlers raise these; a single exception handler (``dicomgw.web.problems``) turns them into
+``application/problem+json`` responses, and STOW turns instance-level ones into FailedSOPSequence items.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class DicomgwError(Exception):
+    """Base of every error dicomgw raises on purpose."""
+
+    status: int = 500
+    title: str = "Internal error"
+    # PS3.18 / PS3.4 failure reason used when this error fails one instance of a STOW request
+    failure_reason: int = 0x0110
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+
+
+# ---- request-level errors ---------------------------------------------------------------------
+class BadRequest(DicomgwError):
+    status = HTTPStatus.BAD_REQUEST
+    title = "Bad request"
+
+
+class NotFound(DicomgwError):
+    status = HTTPStatus.NOT_FOUND
+    title = "Not found"
+
+
+class NotAcceptable(DicomgwError):
+    status = HTTPStatus.NOT_ACCEPTABLE
+    title = "Not acceptable"
+
+
+class UnsupportedMediaType(DicomgwError):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    title = "Unsupported media type"
+
+
+class PayloadTooLarge(DicomgwError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    title = "Payload too large"
+
+
+class StorageUnavailable(DicomgwError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    title = "Storage unavailable"
+    failure_reason = 0xA700
+
+
+# ---- instance-level errors (one FailedSOPSequence item each) ---------------------------------
+class InstanceRejected(DicomgwError):
+    """One instance of a STOW request could not be stored."""
+
+    status = HTTPStatus.CONFLICT
+    title = "Instance rejected"
+    failure_reason = 0x0110
+
+
+class CannotUnderstand(InstanceRejected):
+    title = "Error: cannot understand"
+    failure_reason = 0xC000
+
+
+class SOPClassNotSupported(InstanceRejected):
+    title = "Refused: SOP class not supported"
+    failure_reason = 0x0122
+
+
+class TransferSyntaxNotSupported(InstanceRejected):
+    title = "Refused: transfer syntax not supported"
+    failure_reason = 0xC122
+
+
+class StudyInstanceUIDMismatch(InstanceRejected):
+    title = "Refused: Study Instance UID does not match the request"
+    failure_reason = 0xA900
+
+
+class DuplicateInstance(InstanceRejected):
+    title = "Refused: duplicate SOP Instance UID with different content"
+    failure_reason = 0x0111
+
+
+class OutOfResources(InstanceRejected):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    title = "Refused: out of resources"
+    failure_reason = 0xA700

@@ -1,0 +1,127 @@
+"""SQLAlchemy models of the index: studies, series, instances, and the outbox of background work.
+
+Attributes QIDO matches on are columns with indexes; everything else an instance carries is kept as
+pre-serialised DICOM JSON (``metadata_json``) so that WADO-RS metadata is a join of strings.
+Person names are kept three ways: as received (DICOM PN string), case-folded (for case-insensitive
+matching) and as a space-delimited list of folded name components (for ``fuzzymatching``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+UID = String(64)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    study_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    study_id: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(String(256))
+    referring_physician_name: Mapped[str | None] = mapped_column(String(512))
+    referring_physician_name_folded: Mapped[str | None] = mapped_column(String(512))
+    patient_name: Mapped[str | None] = mapped_column(String(512))
+    patient_name_folded: Mapped[str | None] = mapped_column(String(512), index=True)
+    # " smith john j " : every component word, folded, space-delimited with a leading/trailing space
+    patient_name_words: Mapped[str | None] = mapped_column(String(600))
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    # DICOM JSON members (no braces) of the study- and patient-level attributes of the first instance
+    attributes_json: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    series_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(
+        UID, ForeignKey("studies.study_instance_uid", ondelete="CASCADE"), index=True
+    )
+    modality: Mapped[str | None] = mapped_column(String(16), index=True)
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str | None] = mapped_column(String(256))
+    series_date: Mapped[str | None] = mapped_column(String(8))
+    series_time: Mapped[str | None] = mapped_column(String(16))
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    performed_procedure_step_start_date: Mapped[str | None] = mapped_column(String(8))
+    performed_procedure_step_start_time: Mapped[str | None] = mapped_column(String(16))
+    attributes_json: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(
+        UID, ForeignKey("series.series_instance_uid", ondelete="CASCADE"), index=True
+    )
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID, index=True)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    content_date: Mapped[str | None] = mapped_column(String(8))
+    content_time: Mapped[str | None] = mapped_column(String(16))
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    # the original object: where it is, how big, its SHA-256
+    object_key: Mapped[str] = mapped_column(String(400))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # pre-serialised DICOM JSON object of the whole instance; BulkDataURIs hold BULK_BASE
+    metadata_json: Mapped[str] = mapped_column(Text)
+    # JSON: {"pixel": {...image pixel module...}, "frames": [[[offset, length], ...], ...],
+    #        "bulk": {"tag-path": [offset, length]}, "data_offset": int}
+    layout_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    verify_status: Mapped[str] = mapped_column(String(16), default="pending")
+
+    __table_args__ = (Index("ix_instances_study_series", "study_instance_uid", "series_instance_uid"),)
+
+
+class OutboxItem(Base):
+    """Background work written in the same transaction as the rows it is about (DESIGN invariant 4)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    task: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(400))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    available_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (UniqueConstraint("task", "key", name="uq_outbox_task_key"),)

@@ -1,0 +1,147 @@
+"""The index's write path and instance look-ups: one transaction per STOW request, outbox rows included."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from dicomgw.dicom.parse import ParsedInstance
+from dicomgw.index.db import session_factory
+from dicomgw.index.models import Instance, OutboxItem, Series, Study
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An original that is durable in the object store and waits for its index row."""
+
+    parsed: ParsedInstance
+    object_key: str
+    size: int
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    sop_instance_uid: str
+    # "stored": new row; "present": identical bytes were already indexed;
+    # "conflict": another object with this SOP Instance UID is indexed
+    status: str
+    object_key: str
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    object_key: str
+    size: int
+    sha256: bytes
+    metadata_json: str
+    layout: dict[str, Any]
+    instance_number: int | None
+
+
+class IndexRepository:
+    """Reads and writes of the index that the services share (QIDO has its own query builder)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    async def known_sha256(self, sop_uids: Sequence[str]) -> dict[str, bytes]:
+        """SHA-256 of the indexed original of each SOP Instance UID that is indexed already."""
+        if not sop_uids:
+            return {}
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(Instance.sop_instance_uid, Instance.sha256).where(
+                    Instance.sop_instance_uid.in_(list(sop_uids))
+                )
+            )
+            return {uid: bytes(sha) for uid, sha in rows.all()}
+
+    async def commit(self, objects: Sequence[StoredObject]) -> list[CommitOutcome]:
+        """Index every stored object in one transaction; the outbox gets a verify task for each new one."""
+        if not objects:
+            return []
+        ins = self._insert
+        async with self.sessions.begin() as session:
+            studies: dict[str, dict[str, Any]] = {}
+            series: dict[str, dict[str, Any]] = {}
+            for obj in objects:
+                studies.setdefault(obj.parsed.study_instance_uid, obj.parsed.study)
+                series.setdefault(obj.parsed.series_instance_uid, obj.parsed.series)
+            for row in studies.values():
+                await session.execute(ins(Study).values(**row).on_conflict_do_nothing())
+            for row in series.values():
+                await session.execute(ins(Series).values(**row).on_conflict_do_nothing())
+            outcomes: list[CommitOutcome] = []
+            for obj in objects:
+                values = dict(obj.parsed.instance)
+                values.update(
+                    object_key=obj.object_key,
+                    size=obj.size,
+                    sha256=obj.sha256,
+                    metadata_json=obj.parsed.metadata_json,
+                    layout_json=json.dumps(obj.parsed.layout, separators=(",", ":")),
+                    verify_status="pending",
+                )
+                result = await session.execute(
+                    ins(Instance).values(**values).on_conflict_do_nothing()
+                    .returning(Instance.sop_instance_uid)
+                )
+                if result.first() is not None:
+                    outcomes.append(CommitOutcome(obj.parsed.sop_instance_uid, "stored", obj.object_key))
+                    await session.execute(
+                        ins(OutboxItem).values(task="verify", key=obj.parsed.sop_instance_uid)
+                        .on_conflict_do_nothing()
+                    )
+                    continue
+                existing = (await session.execute(
+                    select(Instance.sha256, Instance.object_key).where(
+                        Instance.sop_instance_uid == obj.parsed.sop_instance_uid)
+                )).one()
+                status = "present" if bytes(existing.sha256) == obj.sha256 else "conflict"
+                outcomes.append(CommitOutcome(obj.parsed.sop_instance_uid, status, existing.object_key))
+        return outcomes
+
+    async def instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceRecord]:
+        """Instances of a study, series or one instance, in series then instance-number order."""
+        query = select(Instance).where(Instance.study_instance_uid == study_uid)
+        if series_uid is not None:
+            query = query.where(Instance.series_instance_uid == series_uid)
+        if sop_uid is not None:
+            query = query.where(Instance.sop_instance_uid == sop_uid)
+        query = query.order_by(
+            Instance.series_instance_uid, Instance.instance_number, Instance.sop_instance_uid
+        )
+        async with self.sessions() as session:
+            rows = (await session.execute(query)).scalars().all()
+        return [
+            InstanceRecord(
+                study_instance_uid=r.study_instance_uid,
+                series_instance_uid=r.series_instance_uid,
+                sop_instance_uid=r.sop_instance_uid,
+                sop_class_uid=r.sop_class_uid,
+                transfer_syntax_uid=r.transfer_syntax_uid,
+                object_key=r.object_key,
+                size=r.size,
+                sha256=bytes(r.sha256),
+                metadata_json=r.metadata_json,
+                layout=json.loads(r.layout_json),
+                instance_number=r.instance_number,
+            )
+            for r in rows
+        ]

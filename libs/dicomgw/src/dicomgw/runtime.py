@@ -1,0 +1,37 @@
+"""The long-lived clients one process needs (index engine, object store), opened and closed together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dicomgw.config import Settings
+from dicomgw.index.db import create_engine, upgrade
+from dicomgw.index.repository import IndexRepository
+from dicomgw.storage import ObjectStore, open_store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    index: IndexRepository
+    store: ObjectStore
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Runtime]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.spool_path.mkdir(parents=True, exist_ok=True)
+    if migrate:
+        await upgrade(settings.index_url)
+    engine = create_engine(settings.index_url, pool_size=settings.index.pool_size)
+    store = await open_store(settings)
+    try:
+        yield Runtime(settings=settings, engine=engine, index=IndexRepository(engine), store=store)
+    finally:
+        await store.close()
+        await engine.dispose()

@@ -1,0 +1,74 @@
+"""The ObjectStore protocol every storage adapter implements, and the keys originals live under.
+
+Keys of originals are content-addressed (``originals/{study}/{series}/{sop}/{sha256}.dcm``) so that an
+original can never be replaced in place: a different object for the same SOP Instance UID lands under a
+different key, and the index decides which one is the instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class ObjectNotFound(KeyError):
+    """No object under that key."""
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Byte storage for originals and derived data. Every method is safe to call concurrently."""
+
+    async def put_file(self, key: str, path: Path, *, sha256: bytes, size: int) -> None:
+        """Store the file at ``path`` under ``key``; durable when it returns.
+
+        ``sha256`` is the digest of the file, checked by the store (S3 ``x-amz-checksum-sha256``; the
+        local adapter hashes what it wrote). The caller's file may be moved or consumed.
+        """
+        ...
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        """Store a small object (derived data) under ``key``; durable when it returns."""
+        ...
+
+    def open_stream(
+        self, key: str, *, start: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        """Yield the object's bytes (or the range ``start``..``start+length``) in chunks."""
+        ...
+
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``start``: one ranged GET."""
+        ...
+
+    async def read(self, key: str) -> bytes:
+        """Read a whole (small) object."""
+        ...
+
+    async def head(self, key: str) -> ObjectInfo:
+        """Size of the object; raises ObjectNotFound."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; no error if it is already gone."""
+        ...
+
+    def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Yield every key under ``prefix``."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def original_key(study_uid: str, series_uid: str, sop_uid: str, sha256_hex: str) -> str:
+    return f"originals/{study_uid}/{series_uid}/{sop_uid}/{sha256_hex}.dcm"

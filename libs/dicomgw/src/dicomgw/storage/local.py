@@ -1,0 +1,168 @@
+"""Local-folder ObjectStore: each object a file, written to a temporary name, fsynced, then renamed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from dicomgw.errors import StorageUnavailable
+from dicomgw.storage.base import ObjectInfo, ObjectNotFound
+
+_COPY_CHUNK = 1 << 20
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore:
+    """Objects as files under ``root``; keys are relative paths with '/' separators."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.root / ".tmp"
+        self._tmp.mkdir(exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/") or key.startswith(".tmp"):
+            raise ValueError(f"invalid object key {key!r}")
+        return self.root / key
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _install(self, tmp: Path, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+
+    def _put_file_sync(self, key: str, path: Path, sha256: bytes, size: int) -> None:
+        dest = self._path(key)
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            written = 0
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                while chunk := src.read(_COPY_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    written += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if written != size or digest.digest() != sha256:
+                raise StorageUnavailable(f"checksum mismatch writing {key}")
+            self._install(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    async def put_file(self, key: str, path: Path, *, sha256: bytes, size: int) -> None:
+        try:
+            await asyncio.to_thread(self._put_file_sync, key, Path(path), sha256, size)
+        except OSError as exc:
+            raise StorageUnavailable(f"local store write failed: {exc.strerror}") from exc
+
+    def _put_bytes_sync(self, key: str, data: bytes) -> None:
+        dest = self._path(key)
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            self._install(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._put_bytes_sync, key, data)
+        except OSError as exc:
+            raise StorageUnavailable(f"local store write failed: {exc.strerror}") from exc
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _read_range_sync(self, key: str, start: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                return f.read(length)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        return await asyncio.to_thread(self._read_range_sync, key, start, length)
+
+    async def read(self, key: str) -> bytes:
+        def _read() -> bytes:
+            try:
+                return self._path(key).read_bytes()
+            except FileNotFoundError as exc:
+                raise ObjectNotFound(key) from exc
+
+        return await asyncio.to_thread(_read)
+
+    async def open_stream(
+        self, key: str, *, start: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        try:
+            f = await asyncio.to_thread(open, self._path(key), "rb")
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+        try:
+            if start:
+                await asyncio.to_thread(f.seek, start)
+            remaining = length
+            while remaining is None or remaining > 0:
+                n = chunk_size if remaining is None else min(chunk_size, remaining)
+                chunk = await asyncio.to_thread(f.read, n)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            f.close()
+
+    async def head(self, key: str) -> ObjectInfo:
+        try:
+            st = await asyncio.to_thread(os.stat, self._path(key))
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+        return ObjectInfo(key=key, size=st.st_size)
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self._path(key).is_file)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._path(key).unlink, True)
+
+    async def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        def _walk() -> list[str]:
+            out = []
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                if Path(dirpath) == self.root and ".tmp" in dirnames:
+                    dirnames.remove(".tmp")
+                for name in filenames:
+                    rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                    if rel.startswith(prefix):
+                        out.append(rel)
+            return sorted(out)
+
+        for key in await asyncio.to_thread(_walk):
+            yield key
+
+    async def close(self) -> None:
+        # Leftover temporaries come from a crash mid-write; they were never acknowledged.
+        await asyncio.to_thread(shutil.rmtree, self._tmp, True)
+        self._tmp.mkdir(exist_ok=True)

@@ -1,0 +1,67 @@
+"""Builds a FastAPI app from service routers around one Runtime: lifespan, CORS, problem+json."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from dicomgw.config import Settings
+from dicomgw.runtime import Runtime, open_runtime
+from dicomgw.web.problems import install_problem_handlers
+
+Extra = Callable[[Runtime], AbstractAsyncContextManager[None]]
+
+
+def build_app(
+    settings: Settings,
+    routers: Sequence[APIRouter],
+    *,
+    title: str,
+    background: Sequence[Extra] = (),
+) -> FastAPI:
+    """One app: routers mounted under the DICOMweb base path, sharing one Runtime.
+
+    ``background`` context managers run beside the app for its lifetime (the embedded worker loop).
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_runtime(settings) as runtime:
+            app.state.runtime = runtime
+            managers = [make(runtime) for make in background]
+            for manager in managers:
+                await manager.__aenter__()
+            try:
+                yield
+            finally:
+                for manager in reversed(managers):
+                    await manager.__aexit__(None, None, None)
+
+    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    for router in routers:
+        app.include_router(router, prefix=settings.http.base_path)
+    install_problem_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.http.cors_origins,
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS", "HEAD"],
+        allow_headers=["Authorization", "Accept", "Content-Type", "Range", "X-Requested-With"],
+        expose_headers=["Content-Type", "Content-Length", "Warning", "Location"],
+        max_age=settings.http.cors_max_age,
+    )
+
+    @app.middleware("http")
+    async def cross_origin_resource_policy(request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        response.headers.setdefault("Cross-Origin-Resource-Policy", "cross-origin")
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,72 @@
+"""Maps the dicomgw error hierarchy (and Starlette's own HTTP errors) to application/problem+json."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomgw.errors import DicomgwError
+
+log = logging.getLogger("dicomgw.errors")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str = "", **extra: object) -> Response:
+    body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    return Response(json.dumps(body), status_code=status, media_type=PROBLEM_JSON)
+
+
+async def _dicomgw_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DicomgwError)
+    return problem(int(exc.status), exc.title, exc.detail)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    from http import HTTPStatus
+
+    try:
+        title = HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        title = "Error"
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else ""
+    resp = problem(exc.status_code, title, detail)
+    if exc.headers:
+        resp.headers.update(exc.headers)
+    return resp
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    errors = getattr(exc, "errors", lambda: [])()
+    msgs = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msgs.append(f"{loc}: {err.get('msg', '')}")
+    return problem(400, "Bad request", "; ".join(msgs))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "Internal error", "the server could not complete the request")
+
+
+def install_problem_handlers(app: Starlette) -> None:
+    """Register the one mapping of errors to problem+json responses on an app."""
+    app.add_exception_handler(DicomgwError, _dicomgw_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    try:
+        from fastapi.exceptions import RequestValidationError
+
+        app.add_exception_handler(RequestValidationError, _validation_error)
+    except ImportError:  # pragma: no cover - starlette-only apps
+        pass
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,5 @@
+"""ingest endpoints (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""query endpoints (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

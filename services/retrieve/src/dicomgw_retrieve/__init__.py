@@ -1,0 +1,1 @@
+"""dicomgw retrieve service."""

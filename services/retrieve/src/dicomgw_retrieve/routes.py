@@ -1,0 +1,5 @@
+"""retrieve endpoints (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

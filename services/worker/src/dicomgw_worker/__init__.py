@@ -1,0 +1,1 @@
+"""dicomgw worker service."""

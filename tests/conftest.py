@@ -1,0 +1,7 @@
+"""Session-wide fixtures: real components are started once per session by the plugins below."""
+
+pytest_plugins = [
+    "tests.fixtures.gateway",
+    "tests.fixtures.minio",
+    "tests.fixtures.postgres",
+]
