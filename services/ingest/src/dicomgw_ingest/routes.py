@@ -1,5 +1,80 @@
-"""ingest endpoints (being written)."""
+"""STOW-RS endpoints: POST /studies and POST /studies/{study} (PS3.18 10.5)."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from dicomgw.dicom.parse import valid_uid
+from dicomgw.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+from dicomgw.multipart import parse_media_type, spool_parts, spool_single
+from dicomgw.web.deps import RuntimeDep, base_url
+from dicomgw_ingest.stow import StowOutcome, response_dataset, store_parts
+
+router = APIRouter(tags=["STOW-RS"])
+
+DICOM_JSON = "application/dicom+json"
+
+
+def _check_accept(request: Request) -> None:
+    accept = request.headers.get("accept", "").lower()
+    if not accept or any(
+        m.split(";")[0].strip() in ("*/*", "application/*", DICOM_JSON, "application/json")
+        for m in accept.split(",")
+    ):
+        return
+    raise NotAcceptable("STOW-RS responses are available as application/dicom+json")
+
+
+async def _stow(request: Request, runtime: RuntimeDep, study_uid: str | None) -> Response:
+    if study_uid is not None and not valid_uid(study_uid):
+        raise BadRequest("the Study Instance UID in the URL is not a valid UID")
+    _check_accept(request)
+    settings = runtime.settings
+    max_bytes = settings.http.max_request_bytes
+    length = request.headers.get("content-length")
+    if max_bytes and length and length.isdigit() and int(length) > max_bytes:
+        raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+    media, params = parse_media_type(request.headers.get("content-type", ""))
+    body = request.stream()
+    if media == "multipart/related":
+        part_type = params.get("type", "application/dicom").lower()
+        if part_type != "application/dicom":
+            raise UnsupportedMediaType(
+                f"multipart/related parts of type {part_type} are not supported; "
+                "send type=\"application/dicom\""
+            )
+        boundary = params.get("boundary")
+        if not boundary:
+            raise BadRequest("multipart/related Content-Type without a boundary parameter")
+        parts = spool_parts(body, boundary, settings.spool_path, max_bytes=max_bytes)
+    elif media == "application/dicom":
+        single = await spool_single(body, settings.spool_path, max_bytes=max_bytes)
+
+        async def _one():  # type: ignore[no-untyped-def]
+            yield single
+
+        parts = _one()
+    else:
+        raise UnsupportedMediaType(
+            'send multipart/related; type="application/dicom" (or a single application/dicom body)'
+        )
+    outcome: StowOutcome = await store_parts(runtime, parts, study_uid)
+    if not outcome.results:
+        raise BadRequest("the request contained no parts")
+    dataset = response_dataset(outcome, base_url(request), study_uid)
+    return Response(json.dumps(dataset), status_code=outcome.status_code, media_type=DICOM_JSON)
+
+
+@router.post("/studies")
+async def store_instances(request: Request, runtime: RuntimeDep) -> Response:
+    """Store instances of any studies."""
+    return await _stow(request, runtime, None)
+
+
+@router.post("/studies/{study}")
+async def store_study_instances(study: str, request: Request, runtime: RuntimeDep) -> Response:
+    """Store instances that must belong to the study in the URL (0xA900 otherwise)."""
+    return await _stow(request, runtime, study)

@@ -1,0 +1,190 @@
+"""Streaming multipart/related reader: each part is spooled to its own file and hashed as it arrives.
+
+Built on python-multipart's low-level parser. A part is handed on as soon as its closing boundary is
+seen, so the caller can parse and store it while the next part is still streaming in; memory use stays
+at one network chunk whatever the size of the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser
+
+from dicomgw.errors import BadRequest, PayloadTooLarge
+
+
+@dataclass
+class SpooledPart:
+    """One received part: its file on disk, size and SHA-256, and its headers (lower-case names)."""
+
+    index: int
+    path: Path
+    size: int
+    sha256: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("content-type")
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class _Spooler:
+    """python-multipart callbacks writing each part to a temporary file in ``spool_dir``."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        self.spool_dir = spool_dir
+        self.done: list[SpooledPart] = []
+        self.count = 0
+        self.finished = False
+        self._file: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._headers: dict[str, str] = {}
+        self._field = bytearray()
+        self._value = bytearray()
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+            "on_end": self._finish,
+        }
+
+    def _begin(self) -> None:
+        fd, name = tempfile.mkstemp(dir=self.spool_dir, suffix=".part")
+        self._file = os.fdopen(fd, "wb")
+        self._path = Path(name)
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._headers = {}
+
+    def _header_end(self) -> None:
+        name = self._field.decode("latin-1").strip().lower()
+        self._headers[name] = self._value.decode("latin-1").strip()
+        self._field.clear()
+        self._value.clear()
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        assert self._file is not None
+        self._file.write(chunk)
+        self._hash.update(chunk)
+        self._size += len(chunk)
+
+    def _end(self) -> None:
+        assert self._file is not None and self._path is not None
+        self._file.close()
+        self._file = None
+        self.done.append(SpooledPart(self.count, self._path, self._size, self._hash.digest(),
+                                     self._headers))
+        self.count += 1
+
+    def _finish(self) -> None:
+        self.finished = True
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+        for part in self.done:
+            part.discard()
+        self.done.clear()
+
+
+async def spool_parts(
+    body: AsyncIterator[bytes], boundary: str, spool_dir: Path, *, max_bytes: int = 0
+) -> AsyncIterator[SpooledPart]:
+    """Yield every part of a multipart body as soon as it is complete.
+
+    Parts not yet yielded are removed if the body fails; yielded parts belong to the caller.
+    """
+    spooler = _Spooler(spool_dir)
+    parser = MultipartParser(boundary.encode("latin-1"), spooler.callbacks())  # type: ignore[arg-type]
+    received = 0
+    try:
+        async for chunk in body:
+            received += len(chunk)
+            if max_bytes and received > max_bytes:
+                raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+            try:
+                # Parsing, hashing and writing one network chunk: off the event loop.
+                await asyncio.to_thread(parser.write, chunk)
+            except MultipartParseError as exc:
+                raise BadRequest(f"malformed multipart body: {exc}") from exc
+            while spooler.done:
+                yield spooler.done.pop(0)
+        parser.finalize()
+        if not spooler.finished:
+            raise BadRequest("multipart body ended before its closing boundary")
+    finally:
+        spooler.abort()
+
+
+async def spool_single(body: AsyncIterator[bytes], spool_dir: Path, *, max_bytes: int = 0) -> SpooledPart:
+    """Spool a single-part body (Content-Type: application/dicom) like one multipart part."""
+    fd, name = tempfile.mkstemp(dir=spool_dir, suffix=".part")
+    path = Path(name)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in body:
+                size += len(chunk)
+                if max_bytes and size > max_bytes:
+                    raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+                digest.update(chunk)
+                await asyncio.to_thread(out.write, chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return SpooledPart(0, path, size, digest.digest(), {"content-type": "application/dicom"})
+
+
+def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
+    """'multipart/related; type="application/dicom"; boundary=x' -> ('multipart/related', {...})."""
+    media, _, rest = value.partition(";")
+    params: dict[str, str] = {}
+    for piece in _split_params(rest):
+        name, sep, val = piece.partition("=")
+        if not sep:
+            continue
+        val = val.strip()
+        if len(val) >= 2 and val[0] == val[-1] == '"':
+            val = val[1:-1].replace('\\"', '"')
+        params[name.strip().lower()] = val
+    return media.strip().lower(), params
+
+
+def _split_params(text: str) -> list[str]:
+    """Split on ';' outside double quotes."""
+    out, buf, quoted = [], [], False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == ";" and not quoted:
+            out.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    if buf:
+        out.append("".join(buf))
+    return [p.strip() for p in out if p.strip()]

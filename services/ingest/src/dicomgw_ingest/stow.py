@@ -1,0 +1,190 @@
+"""STOW-RS: parse, store and index the parts of one request, and build the PS3.18 10.5 response.
+
+Each part is parsed and PUT as soon as it has arrived (a bounded number at once) while the rest of the
+body streams in; the index rows of every stored part are committed in one transaction at the end, and
+only then is anything reported in ReferencedSOPSequence (acknowledged means durable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from dicomgw.dicom.parse import ParsedInstance, parse_instance
+from dicomgw.errors import (
+    CannotUnderstand,
+    DicomgwError,
+    DuplicateInstance,
+    InstanceRejected,
+    OutOfResources,
+    StorageUnavailable,
+    StudyInstanceUIDMismatch,
+)
+from dicomgw.index.repository import StoredObject
+from dicomgw.multipart import SpooledPart, parse_media_type
+from dicomgw.runtime import Runtime
+from dicomgw.storage import original_key
+
+log = logging.getLogger("dicomgw.ingest")
+
+DICOM_PART_TYPES = {"application/dicom"}
+
+
+@dataclass
+class PartResult:
+    index: int
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    stored: StoredObject | None = None
+    error: DicomgwError | None = None
+    already_present: bool = False
+
+
+@dataclass
+class StowOutcome:
+    results: list[PartResult]
+
+    @property
+    def succeeded(self) -> list[PartResult]:
+        return [r for r in self.results if r.error is None]
+
+    @property
+    def failed(self) -> list[PartResult]:
+        return [r for r in self.results if r.error is not None]
+
+    @property
+    def status_code(self) -> int:
+        if not self.failed:
+            return 200
+        return 202 if self.succeeded else 409
+
+
+async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None) -> PartResult:
+    result = PartResult(index=part.index)
+    try:
+        media = parse_media_type(part.content_type or "application/dicom")[0]
+        if media not in DICOM_PART_TYPES:
+            raise CannotUnderstand(f"part {part.index} has Content-Type {media}, not application/dicom")
+        if part.size == 0:
+            raise CannotUnderstand(f"part {part.index} is empty")
+        parsed: ParsedInstance = await asyncio.to_thread(parse_instance, part.path)
+        result.sop_class_uid = parsed.sop_class_uid
+        result.sop_instance_uid = parsed.sop_instance_uid
+        result.study_instance_uid = parsed.study_instance_uid
+        result.series_instance_uid = parsed.series_instance_uid
+        if study_uid is not None and parsed.study_instance_uid != study_uid:
+            raise StudyInstanceUIDMismatch(
+                f"part {part.index} belongs to another study than the request URL names"
+            )
+        known = (await runtime.index.known_sha256([parsed.sop_instance_uid])).get(
+            parsed.sop_instance_uid
+        )
+        if known is not None:
+            if known != part.sha256:
+                raise DuplicateInstance("an instance with this SOP Instance UID and other content "
+                                        "is stored already")
+            result.already_present = True
+            return result
+        key = original_key(parsed.study_instance_uid, parsed.series_instance_uid,
+                           parsed.sop_instance_uid, part.sha256.hex())
+        await runtime.store.put_file(key, part.path, sha256=part.sha256, size=part.size)
+        result.stored = StoredObject(parsed=parsed, object_key=key, size=part.size, sha256=part.sha256)
+    except InstanceRejected as exc:
+        result.error = exc
+    except StorageUnavailable as exc:
+        result.error = OutOfResources(exc.detail)
+    except OSError as exc:
+        log.warning("part could not be stored: %s", exc.strerror)
+        result.error = OutOfResources("the gateway could not write the instance")
+    finally:
+        part.discard()
+    return result
+
+
+async def store_parts(
+    runtime: Runtime, parts: AsyncIterator[SpooledPart], study_uid: str | None
+) -> StowOutcome:
+    """Store every part, then index the stored ones in one transaction."""
+    limit = asyncio.Semaphore(runtime.settings.storage.max_concurrency)
+    tasks: list[asyncio.Task[PartResult]] = []
+
+    async def bounded(part: SpooledPart) -> PartResult:
+        async with limit:
+            return await _store_part(runtime, part, study_uid)
+
+    try:
+        async for part in parts:
+            # Wait for a slot before reading further: back-pressure keeps the spool folder small.
+            while sum(not t.done() for t in tasks) >= runtime.settings.storage.max_concurrency:
+                await asyncio.wait([t for t in tasks if not t.done()],
+                                   return_when=asyncio.FIRST_COMPLETED)
+            tasks.append(asyncio.create_task(bounded(part)))
+        results = list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+    to_index = [r.stored for r in results if r.stored is not None]
+    outcomes = {o.sop_instance_uid: o for o in await runtime.index.commit(to_index)}
+    for r in results:
+        if r.stored is None:
+            continue
+        outcome = outcomes[r.stored.parsed.sop_instance_uid]
+        if outcome.status == "conflict" or (
+            outcome.status == "present" and outcome.object_key != r.stored.object_key
+        ):
+            # Lost a race against a different object (or an equal one under another key): the
+            # indexed original stays; this copy is not referenced by anything.
+            await runtime.store.delete(r.stored.object_key)
+        if outcome.status == "conflict":
+            r.error = DuplicateInstance("an instance with this SOP Instance UID and other content "
+                                        "is stored already")
+        elif outcome.status == "present":
+            r.already_present = True
+    return StowOutcome(results)
+
+
+def response_dataset(outcome: StowOutcome, base_url: str, study_uid: str | None) -> dict[str, object]:
+    """The PS3.18 Table 10.5.3-1 response as DICOM JSON."""
+    body: dict[str, object] = {}
+    studies = {r.study_instance_uid for r in outcome.succeeded if r.study_instance_uid}
+    target = study_uid or (next(iter(studies)) if len(studies) == 1 else None)
+    if target:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base_url}/studies/{target}"]}
+    if outcome.failed:
+        body["00081198"] = {"vr": "SQ", "Value": [_failed_item(r) for r in outcome.failed]}
+    if outcome.succeeded:
+        body["00081199"] = {"vr": "SQ", "Value": [_referenced_item(r, base_url)
+                                                  for r in outcome.succeeded]}
+    return body
+
+
+def _sop_refs(r: PartResult) -> dict[str, object]:
+    item: dict[str, object] = {}
+    item["00081150"] = ({"vr": "UI", "Value": [r.sop_class_uid]} if r.sop_class_uid
+                        else {"vr": "UI"})
+    item["00081155"] = ({"vr": "UI", "Value": [r.sop_instance_uid]} if r.sop_instance_uid
+                        else {"vr": "UI"})
+    return item
+
+
+def _failed_item(r: PartResult) -> dict[str, object]:
+    assert r.error is not None
+    item = _sop_refs(r)
+    item["00081197"] = {"vr": "US", "Value": [r.error.failure_reason]}
+    return item
+
+
+def _referenced_item(r: PartResult, base_url: str) -> dict[str, object]:
+    item = _sop_refs(r)
+    item["00081190"] = {"vr": "UR", "Value": [
+        f"{base_url}/studies/{r.study_instance_uid}/series/{r.series_instance_uid}"
+        f"/instances/{r.sop_instance_uid}"
+    ]}
+    return item
