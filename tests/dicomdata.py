@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterable
 from pathlib import Path
@@ -124,12 +125,18 @@ def make_study(n_series: int = 2, per_series: int = 3, **kwargs: object) -> list
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def pydicom_files() -> list[Path]:
-    """pydicom's bundled test files that are PS3.10 files with the four UIDs STOW needs."""
-    from pydicom.data import get_testdata_files
+    """pydicom's bundled test files that are PS3.10 files with the four UIDs STOW needs.
 
+    Globbed from the package folder: pydicom's get_testdata_files() also tries to download extra
+    files, which on a closed network costs ~15 s a call.
+    """
+    import pydicom.data
+
+    folder = Path(pydicom.data.__file__).parent / "test_files"
     out = []
-    for name in sorted(get_testdata_files("*.dcm")):
+    for name in sorted(folder.rglob("*.dcm")):
         try:
             ds = pydicom.dcmread(name, stop_before_pixels=True)
         except Exception:
@@ -154,3 +161,29 @@ def multipart_related(parts: Iterable[bytes], boundary: str = "dicomgw-test-boun
     chunks.append(f"--{boundary}--\r\n".encode())
     header = f'multipart/related; type="{content_type}"; boundary={boundary}'
     return b"".join(chunks), header
+
+
+def with_fresh_sop_uid(data: bytes) -> bytes:
+    """The same file with a new SOP Instance UID of the same length, every other byte unchanged.
+
+    pydicom's test files reuse SOP Instance UIDs across transfer syntaxes; an archive rightly refuses
+    the second one (0x0111), so round-trip tests give each file its own identity this way.
+    """
+    import io
+    import secrets
+
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    old = str(ds.SOPInstanceUID).encode()
+    if len(old) < 10 or data.count(old) == 0:
+        return data
+    digits = str(secrets.randbelow(9) + 1) + "".join(
+        str(secrets.randbelow(10)) for _ in range(len(old) - 6)
+    )
+    new = b"2.25." + digits.encode()
+    assert len(new) == len(old)
+    return data.replace(old, new)
+
+
+def round_trip_corpus() -> list[bytes]:
+    """pydicom's test files (every transfer syntax they cover), each with its own SOP Instance UID."""
+    return [with_fresh_sop_uid(p.read_bytes()) for p in pydicom_files()]

@@ -94,6 +94,7 @@ class _Spooler:
         self._file = None
         self.done.append(SpooledPart(self.count, self._path, self._size, self._hash.digest(),
                                      self._headers))
+        self._path = None
         self.count += 1
 
     def _finish(self) -> None:

@@ -94,6 +94,7 @@ async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None
         await runtime.store.put_file(key, part.path, sha256=part.sha256, size=part.size)
         result.stored = StoredObject(parsed=parsed, object_key=key, size=part.size, sha256=part.sha256)
     except InstanceRejected as exc:
+        log.info("part %d refused (0x%04X): %s", part.index, exc.failure_reason, exc.detail)
         result.error = exc
     except StorageUnavailable as exc:
         result.error = OutOfResources(exc.detail)
