@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+
 import httpx
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from tests.dicomdata import make_dataset, make_instance, make_study, multipart_related, to_bytes, uid
+from tests.dicomdata import (
+    make_dataset,
+    make_instance,
+    make_study,
+    multipart_related,
+    to_bytes,
+    uid,
+)
 from tests.fixtures.gateway import Gateway
 
 FAILED = "00081198"
@@ -154,8 +162,8 @@ def test_bad_requests_get_problem_json(gateway: Gateway, content_type: str, stat
 def test_unquoted_type_and_single_part_body_are_accepted(gateway: Gateway) -> None:
     part = make_instance()
     body, _ = multipart_related([part], boundary="b0undary")
-    resp = httpx.post(f"{gateway.url}/studies", content=body,
-                      headers={"content-type": "multipart/related; type=application/dicom; boundary=b0undary"})
+    unquoted = "multipart/related; type=application/dicom; boundary=b0undary"
+    resp = httpx.post(f"{gateway.url}/studies", content=body, headers={"content-type": unquoted})
     assert resp.status_code == 200
     single = make_instance()
     resp = httpx.post(f"{gateway.url}/studies", content=single,

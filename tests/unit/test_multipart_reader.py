@@ -15,10 +15,12 @@ from dicomgw.multipart import parse_media_type, spool_parts
 from tests.dicomdata import multipart_related
 
 
-async def _collect(body: bytes, cuts: list[int], spool: Path, max_bytes: int = 0) -> list[tuple[bytes, bytes]]:
+async def _collect(
+    body: bytes, cuts: list[int], spool: Path, max_bytes: int = 0
+) -> list[tuple[bytes, bytes]]:
     async def gen():  # type: ignore[no-untyped-def]
         last = 0
-        for cut in sorted(set(cuts)) + [len(body)]:
+        for cut in [*sorted(set(cuts)), len(body)]:
             if cut > last:
                 yield body[last:cut]
                 last = cut

@@ -290,18 +290,18 @@ def parse_instance(path: Path) -> ParsedInstance:
                         raise CannotUnderstand(f"unreadable data after Pixel Data: {exc}") from exc
         else:
             layout["frames"] = None
-            for tag in _PIXEL_TAGS:
-                if tag in ds:
-                    bulk_tags[tag] = ds[tag].VR
-                    del ds[tag]
+            for pixel_tag in _PIXEL_TAGS:
+                if pixel_tag in ds:
+                    bulk_tags[pixel_tag] = ds[pixel_tag].VR
+                    del ds[pixel_tag]
 
         try:
             json_dict = ds.to_json_dict(bulk_data_threshold=1 << 62)
             if trailing is not None:
-                for tag in list(trailing.keys()):
-                    item = trailing.get_item(tag)
+                for trailing_tag in list(trailing.keys()):
+                    item = trailing.get_item(trailing_tag)
                     if isinstance(item, RawDataElement) and item.value is None and item.length:
-                        del trailing[tag]  # too large to inline; not needed for metadata
+                        del trailing[trailing_tag]  # too large to inline; not needed for metadata
                 json_dict.update(trailing.to_json_dict(bulk_data_threshold=1 << 62))
         except Exception as exc:
             raise CannotUnderstand(f"undecodable attribute value: {exc}") from exc
@@ -309,8 +309,10 @@ def parse_instance(path: Path) -> ParsedInstance:
         instance_url = (
             f"{BULK_BASE}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
         )
-        for tag, vr in bulk_tags.items():
-            json_dict[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{instance_url}/bulkdata/{tag:08X}"}
+        for bulk_tag, vr in bulk_tags.items():
+            json_dict[f"{bulk_tag:08X}"] = {
+                "vr": vr, "BulkDataURI": f"{instance_url}/bulkdata/{bulk_tag:08X}"
+            }
         for key in [k for k in json_dict if int(k, 16) >> 16 == _FILE_META_GROUP]:
             del json_dict[key]
 
@@ -327,7 +329,7 @@ def parse_instance(path: Path) -> ParsedInstance:
                        for k, v in layout["pixel"].items()}
 
     charset = json_dict.get("00080005")
-    exclude = frozenset()
+    exclude: frozenset[int] = frozenset()
     study_members = _members(json_dict, STUDY_LEVEL_TAGS, exclude)
     series_members = _members(json_dict, SERIES_LEVEL_TAGS, exclude)
     if charset is not None:
@@ -397,4 +399,4 @@ def parse_instance(path: Path) -> ParsedInstance:
     )
 
 
-__all__ = ["BULK_BASE", "ParsedInstance", "InvalidDicomError", "parse_instance", "valid_uid"]
+__all__ = ["BULK_BASE", "InvalidDicomError", "ParsedInstance", "parse_instance", "valid_uid"]
