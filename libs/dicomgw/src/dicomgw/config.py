@@ -31,6 +31,36 @@ class StorageSettings(BaseSettings):
     max_concurrency: int = 8
 
 
+class ReplicaSettings(StorageSettings):
+    """The second copy of every original (another bucket, site or folder); off unless configured."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_REPLICA_")
+
+    backend: Literal["none", "local", "s3"] = "none"  # type: ignore[assignment]
+    bucket: str = "dicom-replica"
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend != "none"
+
+
+class WorkerSettings(BaseSettings):
+    """Background work: the Celery tier (distributed) or the in-process loop (embedded)."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_WORKER_")
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # seconds between outbox polls of the embedded loop and of the relay
+    poll_seconds: float = 2.0
+    # every original is re-verified once per cycle
+    verify_cycle_seconds: float = 7 * 24 * 3600
+    # an outbox item handed to Celery is offered again after this lease if not done
+    lease_seconds: float = 600
+    task_soft_time_limit: float = 600
+    task_time_limit: float = 900
+    concurrency: int = 2
+
+
 class IndexSettings(BaseSettings):
     """The index database."""
 
@@ -69,17 +99,19 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, validation_alias="PORT")
     log_level: str = "info"
-    # background loop inside the process (embedded); seconds between outbox polls
-    worker_poll_seconds: float = 2.0
-    verify_cycle_seconds: float = 7 * 24 * 3600
-
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    replica: ReplicaSettings = Field(default_factory=ReplicaSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
 
     @property
     def objects_path(self) -> Path:
         return self.storage.path or (self.data_dir / "objects")
+
+    @property
+    def replica_path(self) -> Path:
+        return self.replica.path or (self.data_dir / "replica")
 
     @property
     def spool_path(self) -> Path:

@@ -1,4 +1,4 @@
-"""The long-lived clients one process needs (index engine, object store), opened and closed together."""
+"""The long-lived clients one process needs (index engine, object stores), opened and closed together."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class Runtime:
     engine: AsyncEngine
     index: IndexRepository
     store: ObjectStore
+    # the second copy of every original, when one is configured
+    replica: ObjectStore | None = None
 
 
 @asynccontextmanager
@@ -29,9 +31,16 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
     if migrate:
         await upgrade(settings.index_url)
     engine = create_engine(settings.index_url, pool_size=settings.index.pool_size)
-    store = await open_store(settings)
+    store = await open_store(settings.storage, settings.objects_path)
+    replica = (await open_store(settings.replica, settings.replica_path)
+               if settings.replica.enabled else None)
+    # New originals owe a verification, and a replication when there is a replica.
+    new_work = ("verify", "replicate") if replica is not None else ("verify",)
     try:
-        yield Runtime(settings=settings, engine=engine, index=IndexRepository(engine), store=store)
+        yield Runtime(settings=settings, engine=engine, index=IndexRepository(engine, new_work),
+                      store=store, replica=replica)
     finally:
+        if replica is not None:
+            await replica.close()
         await store.close()
         await engine.dispose()

@@ -42,7 +42,7 @@ async def _run(runtime: Runtime) -> None:
             log.exception("worker loop error")
             handled = 0
         if not handled:
-            await asyncio.sleep(runtime.settings.worker_poll_seconds)
+            await asyncio.sleep(runtime.settings.worker.poll_seconds)
 
 
 @contextlib.asynccontextmanager

@@ -105,7 +105,12 @@ class Instance(Base):
         DateTime(timezone=True), server_default=func.now(), index=True
     )
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
-    verify_status: Mapped[str] = mapped_column(String(16), default="pending")
+    # pending | verified | mismatch | missing | repaired | lost
+    verify_status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    # none (no replica configured) | pending | replicated | mismatch | missing
+    replica_status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    replicated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    repaired_count: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (Index("ix_instances_study_series", "study_instance_uid", "series_instance_uid"),)
 

@@ -53,8 +53,10 @@ class InstanceRecord:
 class IndexRepository:
     """Reads and writes of the index that the services share (QIDO has its own query builder)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, new_work: Sequence[str] = ("verify",)) -> None:
         self.engine = engine
+        # outbox tasks written with every new instance row
+        self.new_work = tuple(new_work)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
@@ -102,10 +104,11 @@ class IndexRepository:
                 )
                 if result.first() is not None:
                     outcomes.append(CommitOutcome(obj.parsed.sop_instance_uid, "stored", obj.object_key))
-                    await session.execute(
-                        ins(OutboxItem).values(task="verify", key=obj.parsed.sop_instance_uid)
-                        .on_conflict_do_nothing()
-                    )
+                    for task in self.new_work:
+                        await session.execute(
+                            ins(OutboxItem).values(task=task, key=obj.parsed.sop_instance_uid)
+                            .on_conflict_do_nothing()
+                        )
                     continue
                 existing = (await session.execute(
                     select(Instance.sha256, Instance.object_key).where(

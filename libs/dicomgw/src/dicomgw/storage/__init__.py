@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from dicomgw.config import Settings
+from pathlib import Path
+
+from dicomgw.config import StorageSettings
 from dicomgw.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, original_key
 
 __all__ = ["ObjectInfo", "ObjectNotFound", "ObjectStore", "open_store", "original_key"]
 
 
-async def open_store(settings: Settings) -> ObjectStore:
-    """The adapter the settings name, ready to use (bucket created if asked)."""
-    if settings.storage.backend == "s3":
+async def open_store(storage: StorageSettings, local_path: Path) -> ObjectStore:
+    """The adapter ``storage`` names, ready to use (bucket created if asked).
+
+    ``local_path`` is the folder of the local adapter when ``storage.path`` is not set.
+    """
+    if storage.backend == "s3":
         from dicomgw.storage.s3 import S3Store
 
-        return await S3Store.open(settings.storage)
+        return await S3Store.open(storage)
     from dicomgw.storage.local import LocalStore
 
-    return LocalStore(settings.objects_path)
+    return LocalStore(storage.path or local_path)
