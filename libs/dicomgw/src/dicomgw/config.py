@@ -52,6 +52,8 @@ class WorkerSettings(BaseSettings):
     broker_url: str = "redis://127.0.0.1:6379/0"
     # seconds between outbox polls of the embedded loop and of the relay
     poll_seconds: float = 2.0
+    # seconds between sweeps that queue due verifications and missing replications
+    sweep_seconds: float = 60.0
     # every original is re-verified once per cycle
     verify_cycle_seconds: float = 7 * 24 * 3600
     # an outbox item handed to Celery is offered again after this lease if not done

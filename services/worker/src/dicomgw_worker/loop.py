@@ -5,38 +5,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from dicomgw import outbox
 from dicomgw.runtime import Runtime
-from dicomgw_worker.verify import verify_instance
+from dicomgw_worker import metrics
+from dicomgw_worker.tasks import HANDLERS, sweep
 
 log = logging.getLogger("dicomgw.worker")
 
-HANDLERS = {"verify": verify_instance}
+
+async def run_task(runtime: Runtime, work: outbox.Work) -> bool:
+    """Run one outbox item; done items leave the outbox, failed ones come back later."""
+    handler = HANDLERS.get(work.task)
+    try:
+        if handler is None:
+            raise LookupError(f"no handler for task {work.task!r}")
+        outcome = await handler(runtime, work.key)
+    except Exception:
+        log.exception("background task failed; retrying later", extra={"task": work.task})
+        metrics.task_outcomes.labels(task=work.task, outcome="error").inc()
+        await outbox.retry_later(runtime.index, work)
+        return False
+    metrics.task_outcomes.labels(task=work.task, outcome=str(outcome)).inc()
+    await outbox.done(runtime.index, work)
+    return True
 
 
 async def drain_once(runtime: Runtime, *, limit: int = 100) -> int:
     """Run every due outbox item once; returns how many were handled."""
     handled = 0
     for work in await outbox.due(runtime.index, limit=limit):
-        handler = HANDLERS.get(work.task)
-        try:
-            if handler is None:
-                raise LookupError(f"no handler for task {work.task!r}")
-            await handler(runtime, work.key)
-        except Exception:
-            log.exception("background task failed; retrying later", extra={"task": work.task})
-            await outbox.retry_later(runtime.index, work)
-        else:
-            await outbox.done(runtime.index, work)
-            handled += 1
+        handled += await run_task(runtime, work)
     return handled
 
 
 async def _run(runtime: Runtime) -> None:
+    last_sweep = 0.0
     while True:
         try:
+            if time.monotonic() - last_sweep > runtime.settings.worker.sweep_seconds:
+                await sweep(runtime)
+                last_sweep = time.monotonic()
             handled = await drain_once(runtime)
         except Exception:
             log.exception("worker loop error")
