@@ -8,7 +8,7 @@ UV := $(TOOLS)/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 export DICOMGW_TOOLS := $(TOOLS)
 
-.PHONY: help install run test test-unit lint bench clean tools-minio tools-postgres tools-browser
+.PHONY: help install run test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -29,10 +29,13 @@ tools-minio:  ## build MinIO from its Go module into .tools (cached)
 tools-postgres:  ## install PostgreSQL server binaries (Debian packages)
 	bash scripts/install-postgres.sh
 
+tools-redis:  ## install Redis server (Debian package)
+	bash scripts/install-redis.sh
+
 tools-browser:  ## install Chromium, playwright-core and the OHIF viewer build into .tools
 	bash scripts/install-browser.sh
 
-test: install tools-minio tools-postgres tools-browser  ## install everything the suite needs, then run all of it
+test: install tools-minio tools-postgres tools-redis tools-browser  ## install everything the suite needs, then run all of it
 	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: install  ## only the fast unit tests

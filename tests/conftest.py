@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.minio",
     "tests.fixtures.postgres",
+    "tests.fixtures.redis",
 ]

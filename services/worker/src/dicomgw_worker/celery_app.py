@@ -1,0 +1,138 @@
+"""The Celery tier: verify/replicate/repair tasks over Redis, routed in one table, with beat sweeps.
+
+Messages carry ids, never payloads: (outbox id, SOP Instance UID). A task removes its outbox row only
+when it succeeded, so a message lost with Redis, or a worker killed mid-task, leaves the row to be
+offered again by the relay once its lease runs out (DESIGN invariant 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from dicomgw import outbox
+from dicomgw.config import Settings
+from dicomgw.runtime import Runtime, open_runtime
+from dicomgw_worker import metrics
+from dicomgw_worker.tasks import HANDLERS, sweep
+
+log = logging.getLogger("dicomgw.worker")
+
+# One routing table: every task the app defines must appear here (a test checks it).
+TASK_ROUTES: dict[str, dict[str, str]] = {
+    "dicomgw.verify": {"queue": "verify"},
+    "dicomgw.replicate": {"queue": "replicate"},
+    "dicomgw.repair": {"queue": "replicate"},
+    "dicomgw.sweep": {"queue": "verify"},
+}
+QUEUES = sorted({route["queue"] for route in TASK_ROUTES.values()})
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings()
+    app = Celery("dicomgw", broker=settings.worker.broker_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_routes=TASK_ROUTES,
+        task_default_queue="verify",
+        task_soft_time_limit=settings.worker.task_soft_time_limit,
+        task_time_limit=settings.worker.task_time_limit,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": int(settings.worker.lease_seconds) * 2},
+        beat_schedule={
+            "sweep": {"task": "dicomgw.sweep", "schedule": settings.worker.sweep_seconds},
+        },
+        worker_concurrency=settings.worker.concurrency,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+celery = make_celery()
+
+
+class _ProcessRuntime:
+    """One event loop and one Runtime per worker process, opened when the process starts."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    runtime: Runtime | None = None
+    _context: Any = None
+
+    @classmethod
+    def start(cls) -> None:
+        cls.loop = asyncio.new_event_loop()
+        cls._context = open_runtime(Settings(), migrate=False)
+        cls.runtime = cls.loop.run_until_complete(cls._context.__aenter__())
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.loop is not None and cls._context is not None:
+            cls.loop.run_until_complete(cls._context.__aexit__(None, None, None))
+            cls.loop.close()
+        cls.loop = cls.runtime = cls._context = None
+
+    @classmethod
+    def run(cls, coro: Any) -> Any:
+        if cls.loop is None:
+            cls.start()
+        assert cls.loop is not None
+        return cls.loop.run_until_complete(coro)
+
+
+worker_process_init.connect(lambda **_: _ProcessRuntime.start(), weak=False)
+worker_process_shutdown.connect(lambda **_: _ProcessRuntime.stop(), weak=False)
+
+
+def _run_outbox_task(task: Task, name: str, outbox_id: int, key: str) -> str:
+    async def _go() -> str:
+        runtime = _ProcessRuntime.runtime
+        assert runtime is not None
+        outcome = await HANDLERS[name](runtime, key)
+        await outbox.done(runtime.index, outbox.Work(outbox_id, name, key, 0))
+        return str(outcome)
+
+    try:
+        outcome = _ProcessRuntime.run(_go())
+    except Exception as exc:
+        metrics.task_outcomes.labels(task=name, outcome="error").inc()
+        # exponential backoff, capped; the outbox lease is the backstop if retries run out
+        raise task.retry(exc=exc, countdown=min(600, 2 ** min(task.request.retries + 1, 10)),
+                         max_retries=12) from exc
+    metrics.task_outcomes.labels(task=name, outcome=outcome).inc()
+    return outcome
+
+
+@celery.task(name="dicomgw.verify", bind=True)
+def verify_task(self: Task, outbox_id: int, key: str) -> str:
+    return _run_outbox_task(self, "verify", outbox_id, key)
+
+
+@celery.task(name="dicomgw.replicate", bind=True)
+def replicate_task(self: Task, outbox_id: int, key: str) -> str:
+    return _run_outbox_task(self, "replicate", outbox_id, key)
+
+
+@celery.task(name="dicomgw.repair", bind=True)
+def repair_task(self: Task, outbox_id: int, key: str) -> str:
+    return _run_outbox_task(self, "repair", outbox_id, key)
+
+
+@celery.task(name="dicomgw.sweep")
+def sweep_task() -> dict[str, int]:
+    runtime = _ProcessRuntime.runtime
+    if runtime is None:
+        _ProcessRuntime.start()
+        runtime = _ProcessRuntime.runtime
+    assert runtime is not None
+    result: dict[str, int] = _ProcessRuntime.run(sweep(runtime))
+    return result
