@@ -20,6 +20,8 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:  # type: ignor
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    # QIDO matching is case-sensitive except for person names (which use folded columns)
+    cur.execute("PRAGMA case_sensitive_like=ON")
     cur.close()
 
 
