@@ -170,7 +170,7 @@ def _add_filter(query: Query, key: str, value: str, allowed: Sequence[Level]) ->
             return
         raise BadRequest(f"unknown query key: {key}")
     attr = ATTRS.get(tag)
-    if attr is None or attr.level not in allowed or attr.kind == "computed" and attr.column is None:
+    if attr is None or attr.level not in allowed or (attr.kind == "computed" and attr.column is None):
         query.warnings.append(f"{keyword_for_tag(int(tag, 16)) or tag} is not a supported "
                               f"matching key at {query.level} level and was ignored")
         # still return it, as PS3.18 asks for attributes used as keys
