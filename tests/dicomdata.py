@@ -187,3 +187,25 @@ def with_fresh_sop_uid(data: bytes) -> bytes:
 def round_trip_corpus() -> list[bytes]:
     """pydicom's test files (every transfer syntax they cover), each with its own SOP Instance UID."""
     return [with_fresh_sop_uid(p.read_bytes()) for p in pydicom_files()]
+
+
+def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
+    """Parts of a multipart/related body: (headers with lower-case names, payload)."""
+    from dicomgw.multipart import parse_media_type
+
+    media, params = parse_media_type(content_type)
+    assert media == "multipart/related", content_type
+    delimiter = b"--" + params["boundary"].encode()
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, payload = chunk.partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.strip().split(b"\r\n"):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if payload.endswith(b"\r\n"):
+            payload = payload[:-2]
+        parts.append((headers, payload))
+    return parts

@@ -49,7 +49,11 @@ async def frames(store: ObjectStore, record: InstanceRecord, numbers: list[int],
     ranges = layout.get("frames")
     if "pixel_data" not in layout and not layout.get("deflated"):
         raise NotFound("the instance has no pixel data")
-    if ranges is None:
+    swapped_bytes = (record.transfer_syntax_uid == "1.2.840.10008.1.2.2"
+                     and layout.get("pixel", {}).get("BitsAllocated") == 8
+                     and layout.get("pixel_data", {}).get("vr") == "OW")
+    if ranges is None or (swapped_bytes and transfer_syntax != ORIGINAL):
+        # big-endian OW holds 8-bit samples in swapped words that frames may split: let pydicom do it
         original = await store.read(record.object_key)
         decoded, count = await asyncio.to_thread(frames_from_whole, original, [n - 1 for n in numbers])
         if len(decoded) < len(numbers):
@@ -62,7 +66,8 @@ async def frames(store: ObjectStore, record: InstanceRecord, numbers: list[int],
         return list(stored)
     pixel = layout["pixel"]
     return list(await asyncio.gather(*(
-        asyncio.to_thread(decode_frame, frame, record.transfer_syntax_uid, pixel) for frame in stored
+        asyncio.to_thread(decode_frame, frame, record.transfer_syntax_uid, pixel)
+        for frame in stored
     )))
 
 

@@ -53,8 +53,9 @@ def decode_frame(stored: bytes, transfer_syntax: str, pixel: dict[str, Any]) -> 
     if options["photometric_interpretation"].startswith("YBR") and uid.is_lossy:
         # decoders return RGB for lossy YCbCr; say so, as the uncompressed frame will be RGB
         options["as_rgb"] = True
-    buffer, _ = decoder.as_buffer(encapsulate([stored]), index=0, **options)
-    return bytes(buffer)
+    # as_array (not as_buffer) so that signed samples come out sign-extended, as pydicom reads them
+    arr, _ = decoder.as_array(encapsulate([stored]), index=0, **options)
+    return bytes(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
 
 
 def frames_from_whole(original: bytes, indexes: list[int]) -> tuple[list[bytes], int]:

@@ -275,7 +275,7 @@ def parse_instance(path: Path) -> ParsedInstance:
                     layout["bulk"][key] = [pixel["offset"], pixel["length"]]
                     bulk_tags[pixel["tag"]] = pixel["vr"]
                     layout["pixel_data"] = {
-                        "tag": key, "encapsulated": pixel["encapsulated"],
+                        "tag": key, "vr": pixel["vr"], "encapsulated": pixel["encapsulated"],
                         "offset": pixel["offset"], "length": pixel["length"],
                     }
                     eot = None

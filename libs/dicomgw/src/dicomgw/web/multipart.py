@@ -46,9 +46,8 @@ def multipart_response(parts: AsyncIterator[Part] | Iterable[Part], part_type: s
                        *, transfer_syntax: str | None = None) -> StreamingResponse:
     """multipart/related; type="<part_type>" response streaming ``parts`` in order."""
     boundary = new_boundary()
-    media = f'multipart/related; type="{part_type}"; boundary={boundary}'
-    if transfer_syntax:
-        media = f'multipart/related; type="{part_type}"; transfer-syntax={transfer_syntax}; boundary={boundary}'
+    syntax = f"; transfer-syntax={transfer_syntax}" if transfer_syntax else ""
+    media = f'multipart/related; type="{part_type}"{syntax}; boundary={boundary}'
     return StreamingResponse(_stream(parts, boundary), media_type=media)
 
 
