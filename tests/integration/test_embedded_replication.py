@@ -51,7 +51,8 @@ def test_every_original_is_replicated_byte_exact_and_damage_is_repaired(make_gat
 
     _wait(lambda: damaged.read_bytes() == good)
     _wait(lambda: (gw.data_dir / "replica" / keys[1]).exists())
-    assert (gw.data_dir / "replica" / keys[1]).read_bytes() == (gw.data_dir / "objects" / keys[1]).read_bytes()
+    replica, primary = gw.data_dir / "replica" / keys[1], gw.data_dir / "objects" / keys[1]
+    assert replica.read_bytes() == primary.read_bytes()
     with sqlite3.connect(gw.data_dir / "index.sqlite3") as db:
         repaired = db.execute("select sum(repaired_count) from instances").fetchone()[0]
     assert repaired >= 1
