@@ -20,7 +20,8 @@ def test_stow_qido_wado_round_trip_on_minio(make_gateway, minio_server: MinioSer
     resp = httpx.post(f"{gw.url}/studies", content=body, headers={"content-type": ct}, timeout=60)
     assert resp.status_code == 200, resp.text
     study = resp.json()["00081190"]["Value"][0]
-    got = httpx.get(study, headers={"accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    got = httpx.get(study, headers={"accept": accept})
     assert sorted(p for _, p in split_multipart(got.content, got.headers["content-type"])) == sorted(parts)
     ds = pydicom.dcmread(io.BytesIO(parts[0]))
     frame = httpx.get(f"{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/3",
