@@ -7,6 +7,7 @@ import logging
 import sys
 
 from dicomgw.config import Settings
+from dicomgw_gateway import upload
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -37,14 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None, help="default: $PORT or 8080")
     serve.set_defaults(func=_serve)
-    try:
-        from dicomgw_gateway import upload
-    except ImportError:  # pragma: no cover
-        upload = None  # type: ignore[assignment]
-    if upload is not None:
-        upload.add_parser(sub)
+    upload.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return int(args.func(args) or 0)
 
 
