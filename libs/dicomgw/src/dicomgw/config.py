@@ -81,6 +81,9 @@ class HttpSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DICOMGW_HTTP_")
 
     base_path: str = "/dicom-web"
+    # absolute URL clients reach the DICOMweb root at (e.g. https://pacs.example.org/dicom-web);
+    # default: worked out from each request (X-Forwarded-Host/Proto, Host)
+    public_url: str | None = None
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     cors_max_age: int = 86400
     # 0 = no cap on a STOW request body

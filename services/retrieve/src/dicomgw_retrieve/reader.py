@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pydicom
 
 from dicomgw.dicom.frames import decode_frame, frames_from_whole, to_explicit_little_endian
+from dicomgw.dicom.parse import PART10_PREFIX, as_part10
 from dicomgw.errors import NotFound
 from dicomgw.index.repository import InstanceRecord
 from dicomgw.storage import ObjectStore
@@ -20,11 +21,18 @@ async def instance_bytes(store: ObjectStore, record: InstanceRecord,
                          transfer_syntax: str) -> AsyncIterator[bytes]:
     """The original streamed as stored, or the whole instance re-encoded (Explicit VR LE)."""
     if transfer_syntax in (ORIGINAL, record.transfer_syntax_uid):
+        if not record.layout.get("preamble", True):
+            yield PART10_PREFIX  # stored as received; served as a PS3.10 file
         async for chunk in store.open_stream(record.object_key):
             yield chunk
         return
-    original = await store.read(record.object_key)
+    original = await read_part10(store, record)
     yield await asyncio.to_thread(to_explicit_little_endian, original)
+
+
+async def read_part10(store: ObjectStore, record: InstanceRecord) -> bytes:
+    """The whole original, as a PS3.10 file that pydicom reads."""
+    return as_part10(await store.read(record.object_key))
 
 
 def can_serve(record: InstanceRecord, transfer_syntax: str) -> bool:
@@ -54,7 +62,7 @@ async def frames(store: ObjectStore, record: InstanceRecord, numbers: list[int],
                      and layout.get("pixel_data", {}).get("vr") == "OW")
     if ranges is None or (swapped_bytes and transfer_syntax != ORIGINAL):
         # big-endian OW holds 8-bit samples in swapped words that frames may split: let pydicom do it
-        original = await store.read(record.object_key)
+        original = await read_part10(store, record)
         decoded, count = await asyncio.to_thread(frames_from_whole, original, [n - 1 for n in numbers])
         if len(decoded) < len(numbers):
             raise NotFound(f"the instance has {count} frame(s)")
@@ -79,7 +87,7 @@ async def bulk_value(store: ObjectStore, record: InstanceRecord, tag: str) -> As
         async for chunk in store.open_stream(record.object_key, start=offset, length=length):
             yield chunk
         return
-    original = await store.read(record.object_key)
+    original = await read_part10(store, record)
 
     def _value() -> bytes:
         import io

@@ -167,7 +167,7 @@ async def _render_one(request: Request, runtime: RuntimeDep, record: InstanceRec
     params = request.query_params
     viewport = params.get("viewport") or ("128,128" if thumbnail else None)
     options = parse_options(media, params.get("window"), viewport, params.get("quality"))
-    original = await runtime.store.read(record.object_key)
+    original = await reader.read_part10(runtime.store, record)
     return media, await asyncio.to_thread(render, original, frame, options)
 
 

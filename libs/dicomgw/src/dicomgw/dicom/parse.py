@@ -39,6 +39,14 @@ _SEQ_DELIM = 0xFFFEE0DD
 _FILE_META_GROUP = 0x0002
 
 
+PART10_PREFIX = b"\0" * 128 + b"DICM"
+
+
+def as_part10(data: bytes) -> bytes:
+    """A stored original as a PS3.10 file: the preamble and DICM prefix added if it came without."""
+    return data if data[128:132] == b"DICM" else PART10_PREFIX + data
+
+
 def valid_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and bool(_UID_RE.match(value))
 
@@ -228,11 +236,21 @@ def parse_instance(path: Path) -> ParsedInstance:
     file_size = path.stat().st_size
     with open(path, "rb") as fp:
         preamble = fp.read(132)
-        if len(preamble) < 132 or preamble[128:132] != b"DICM":
-            raise CannotUnderstand("not a DICOM PS3.10 file (no DICM prefix)")
+        has_preamble = len(preamble) == 132 and preamble[128:132] == b"DICM"
+        # Some writers (pydicom's dcmwrite of an in-memory dataset, so dicomweb-client) send the File
+        # Meta Information without the 128-byte preamble and DICM prefix. The meta group still says
+        # how to read the rest, so such a part is stored as received, like any other.
+        bare_meta = (not has_preamble and preamble[:2] == b"\x02\x00"
+                     and preamble[4:6] in (b"UL", b"OB", b"UI"))
+        if not (has_preamble or bare_meta):
+            raise CannotUnderstand("not a DICOM PS3.10 file (no DICM prefix or File Meta Information)")
         fp.seek(0)
         try:
-            ts_probe = pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID")
+            if has_preamble:
+                meta = pydicom.filereader.read_file_meta_info(path)
+            else:
+                meta = pydicom.filereader._read_file_meta_info(fp)
+            ts_probe = meta.get("TransferSyntaxUID")
         except Exception as exc:
             raise CannotUnderstand(f"unreadable File Meta Information: {exc}") from exc
         if not ts_probe:
@@ -242,7 +260,8 @@ def parse_instance(path: Path) -> ParsedInstance:
         fp.seek(0)
         try:
             ds: FileDataset = pydicom.dcmread(
-                fp, defer_size=None if deflated else DEFER_BYTES, stop_before_pixels=not deflated
+                fp, defer_size=None if deflated else DEFER_BYTES, stop_before_pixels=not deflated,
+                force=bare_meta,
             )
             after_header = fp.tell()
         except Exception as exc:
@@ -250,7 +269,7 @@ def parse_instance(path: Path) -> ParsedInstance:
         study_uid, series_uid, sop_uid, sop_class = _check_uids(ds)
         _check_sop_class(sop_class)
 
-        layout: dict[str, Any] = {"deflated": deflated, "bulk": {}}
+        layout: dict[str, Any] = {"deflated": deflated, "bulk": {}, "preamble": has_preamble}
         bulk_tags: dict[int, str] = {}
         implicit = transfer_syntax.is_implicit_VR
         little = transfer_syntax.is_little_endian
