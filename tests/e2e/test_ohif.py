@@ -111,7 +111,8 @@ def test_ohif_lists_studies_and_renders_an_image(ohif_gateway: Gateway, viewer: 
     diagnostics = json.dumps({k: result.get(k) for k in ("error", "consoleErrors", "failedRequests",
                                                          "viewer")}, indent=1)[:6000]
     for name in names:
-        assert result["studyList"].get(name.replace("^", ", ")), f"{name} not in the study list\n{diagnostics}"
+        shown = result["studyList"].get(name.replace("^", ", "))
+        assert shown, f"{name} not in the study list\n{diagnostics}"
     assert result["viewer"].get("rendered"), f"no image rendered\n{diagnostics}"
     gateway_failures = [r for r in result["failedRequests"] if gateway.url in r]
     assert not gateway_failures, diagnostics
