@@ -254,6 +254,13 @@ async def test_unsupported_keys_are_ignored_with_a_warning(client: httpx.AsyncCl
     assert study_uids(resp.json()) == {STUDY_B}
 
 
+async def test_large_results_are_gzipped_when_accepted(client: httpx.AsyncClient) -> None:
+    resp = await client.get("/dicom-web/instances", params={"includefield": "all"},
+                            headers={"accept-encoding": "gzip"})
+    assert resp.headers["content-encoding"] == "gzip"
+    assert len(resp.json()) >= 9
+
+
 async def test_xml_only_accept_is_406(client: httpx.AsyncClient) -> None:
     xml = "multipart/related; type=application/dicom+xml"
     resp = await client.get("/dicom-web/studies", headers={"accept": xml})

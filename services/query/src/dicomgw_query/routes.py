@@ -12,6 +12,7 @@ from dicomgw.dicom.parse import valid_uid
 from dicomgw.errors import BadRequest, NotAcceptable
 from dicomgw.index.qido import RETRIEVE_URL, Level, parse_query, search
 from dicomgw.web.deps import RuntimeDep, base_url
+from dicomgw.web.media import maybe_gzip
 
 router = APIRouter(tags=["QIDO-RS"])
 
@@ -66,7 +67,7 @@ async def _search(request: Request, runtime: RuntimeDep, level: Level,
         headers["Warning"] = ", ".join(f'299 dicomgw "{w}"' for w in query.warnings)
     body = json.dumps([dict(sorted(o.items())) for o in results], ensure_ascii=False,
                       separators=(",", ":"))
-    return Response(body.encode(), media_type=media, headers=headers)
+    return maybe_gzip(request, body.encode(), media, headers=headers)
 
 
 @router.get("/studies")
