@@ -31,6 +31,43 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Integrity report from the index this process's settings name (embedded or distributed)."""
+    import asyncio
+    import json
+
+    from dicomgw.runtime import open_runtime
+    from dicomgw.status import integrity_status
+
+    async def report() -> dict[str, object]:
+        async with open_runtime(Settings()) as runtime:
+            if args.now:
+                from dicomgw_worker.tasks import sweep
+
+                runtime.settings.worker.verify_cycle_seconds = 0
+                await sweep(runtime, limit=10**9)
+            return await integrity_status(runtime.index, replica_enabled=runtime.replica is not None)
+
+    status = asyncio.run(report())
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        replica = status["replica"]
+        assert isinstance(replica, dict)
+        rows = [("instances", status["instances"]), ("verified", status["verified"]),
+                ("pending verification", status["pending"]), ("mismatched", status["mismatched"]),
+                ("missing", status["missing"]), ("lost (no good copy)", status["lost"]),
+                ("repaired", status["repaired"]),
+                ("replicated", replica["replicated"] if replica["enabled"] else "no replica"),
+                ("replica missing", replica["missing"]),
+                ("oldest unverified (s)", status["oldest_unverified_seconds"]),
+                ("queued work", status["outbox"])]
+        for name, value in rows:
+            print(f"{name:<24}{value}")
+    damaged = int(status["mismatched"]) + int(status["missing"]) + int(status["lost"])  # type: ignore[call-overload]
+    return 1 if damaged else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dicomgw", description="DICOMweb gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="default: $PORT or 8080")
     serve.set_defaults(func=_serve)
     upload.add_parser(sub)
+    verify = sub.add_parser("verify", help="integrity report: verified, pending, damaged, replicated")
+    verify.add_argument("--report", action="store_true", help="print the report (the default)")
+    verify.add_argument("--now", action="store_true", help="first queue every original for re-verification")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    verify.set_defaults(func=_verify)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -10,6 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from dicomgw.config import Settings
 from dicomgw.runtime import Runtime, open_runtime
+from dicomgw.web.admin import router as admin_router
 from dicomgw.web.problems import install_problem_handlers
 
 Extra = Callable[[Runtime], AbstractAsyncContextManager[None]]
@@ -44,6 +45,7 @@ def build_app(
     app.state.settings = settings
     for router in routers:
         app.include_router(router, prefix=settings.http.base_path)
+    app.include_router(admin_router)
     install_problem_handlers(app)
     app.add_middleware(
         CORSMiddleware,
@@ -59,9 +61,5 @@ def build_app(
         response = await call_next(request)
         response.headers.setdefault("Cross-Origin-Resource-Policy", "cross-origin")
         return response
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
 
     return app

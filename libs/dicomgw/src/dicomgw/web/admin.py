@@ -1,0 +1,45 @@
+"""Operational endpoints outside the DICOMweb root: liveness, readiness and integrity status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from dicomgw.status import integrity_status
+from dicomgw.web.deps import RuntimeDep
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """Readiness: the index answers and the object store is reachable."""
+    checks: dict[str, str] = {}
+    try:
+        async with runtime.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        checks["index"] = "ok"
+    except Exception as exc:
+        checks["index"] = type(exc).__name__
+    try:
+        await runtime.store.exists("readyz-probe")
+        checks["store"] = "ok"
+    except Exception as exc:
+        checks["store"] = type(exc).__name__
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/admin/status")
+async def status(runtime: RuntimeDep) -> dict[str, Any]:
+    """Counts of verified, pending, damaged and replicated originals, and the oldest unverified age."""
+    return await integrity_status(runtime.index, replica_enabled=runtime.replica is not None)
