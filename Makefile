@@ -8,7 +8,7 @@ UV := $(TOOLS)/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 export DICOMGW_TOOLS := $(TOOLS)
 
-.PHONY: help install run test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-browser
+.PHONY: help install run up down test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,6 +23,15 @@ install: $(UV)  ## install the Python workspace into .venv
 run: install  ## serve the embedded gateway at http://127.0.0.1:$${PORT:-8080}/dicom-web
 	$(UV_PROJECT_ENVIRONMENT)/bin/dicomgw serve
 
+up: install tools-minio tools-postgres tools-redis tools-nginx  ## start the local distributed stack (router at http://127.0.0.1:8080/dicom-web)
+	$(UV_PROJECT_ENVIRONMENT)/bin/dicomgw stack up
+
+down:  ## stop the local distributed stack
+	$(UV_PROJECT_ENVIRONMENT)/bin/dicomgw stack down
+
+tools-nginx:  ## install nginx (Debian package), the local router
+	bash scripts/install-nginx.sh
+
 tools-minio:  ## build MinIO from its Go module into .tools (cached)
 	bash scripts/install-minio.sh
 
@@ -35,7 +44,7 @@ tools-redis:  ## install Redis server (Debian package)
 tools-browser:  ## install Chromium, playwright-core and the OHIF viewer build into .tools
 	bash scripts/install-browser.sh
 
-test: install tools-minio tools-postgres tools-redis tools-browser  ## install everything the suite needs, then run all of it
+test: install tools-minio tools-postgres tools-redis tools-nginx tools-browser  ## install everything the suite needs, then run all of it
 	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: install  ## only the fast unit tests

@@ -73,6 +73,8 @@ class IndexSettings(BaseSettings):
     # case-insensitive person-name matching (PS3.4 C.2.2.2.1 leaves it to the implementation)
     case_insensitive_names: bool = True
     pool_size: int = 10
+    # run the migrations at start-up (embedded); a split deployment runs them once, beforehand
+    migrate: bool = True
 
 
 class HttpSettings(BaseSettings):

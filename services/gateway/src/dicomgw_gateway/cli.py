@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from dicomgw.config import Settings
 from dicomgw_gateway import upload
+from dicomgw_gateway.stack import main as stack_main
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -76,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="default: $PORT or 8080")
     serve.set_defaults(func=_serve)
     upload.add_parser(sub)
+    stack = sub.add_parser("stack", help="the local multi-process stack (make up / make down)")
+    stack.add_argument("action", choices=["up", "down"])
+    stack.add_argument("--run-dir", type=Path, default=Path("var/stack"))
+    stack.set_defaults(func=lambda a: stack_main(a.action, a.run_dir))
     verify = sub.add_parser("verify", help="integrity report: verified, pending, damaged, replicated")
     verify.add_argument("--report", action="store_true", help="print the report (the default)")
     verify.add_argument("--now", action="store_true", help="first queue every original for re-verification")

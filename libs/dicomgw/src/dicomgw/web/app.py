@@ -30,7 +30,7 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_runtime(settings) as runtime:
+        async with open_runtime(settings, migrate=settings.index.migrate) as runtime:
             app.state.runtime = runtime
             managers = [make(runtime) for make in background]
             for manager in managers:
