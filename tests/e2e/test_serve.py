@@ -43,3 +43,36 @@ def test_serve_prints_url_stores_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
     with sqlite3.connect(data / "index.sqlite3") as db:
         assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
         assert db.execute("select count(*) from instances").fetchone()[0] == 3
+
+
+def test_sigterm_lets_an_in_flight_stow_finish(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    gw = make_gateway()
+    parts = make_study(1, 4)
+    body, ct = multipart_related(parts)
+    started = threading.Event()
+
+    def slow_body():  # type: ignore[no-untyped-def]
+        step = len(body) // 8
+        for i in range(0, len(body), step):
+            yield body[i : i + step]
+            started.set()
+            time.sleep(0.3)
+
+    result: dict[str, httpx.Response] = {}
+
+    def send() -> None:
+        result["resp"] = httpx.post(f"{gw.url}/studies", content=slow_body(),
+                                    headers={"content-type": ct}, timeout=60)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    started.wait(10)
+    gw.process.send_signal(signal.SIGTERM)
+    sender.join(60)
+    assert result["resp"].status_code == 200
+    # uvicorn finishes in-flight requests, then ends by the signal it was sent (status -15)
+    assert gw.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    with sqlite3.connect(gw.data_dir / "index.sqlite3") as db:
+        assert db.execute("select count(*) from instances").fetchone()[0] == 4
