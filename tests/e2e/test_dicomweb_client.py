@@ -14,8 +14,12 @@ from tests.dicomdata import make_dataset, pydicom_files, to_bytes, uid
 from tests.fixtures.gateway import Gateway
 
 
-@pytest.fixture(scope="module")
-def client(gateway: Gateway) -> DICOMwebClient:
+@pytest.fixture(scope="module", params=["embedded", "stack"])
+def client(request: pytest.FixtureRequest) -> DICOMwebClient:
+    """The embedded gateway, and the split services behind the nginx router."""
+    if request.param == "stack":
+        return DICOMwebClient(url=request.getfixturevalue("stack").config.url)
+    gateway: Gateway = request.getfixturevalue("gateway")
     return DICOMwebClient(url=gateway.url)
 
 

@@ -1,6 +1,6 @@
 """The distributed tier for real: split services behind nginx, PostgreSQL, two MinIOs, Redis, Celery.
 
-One stack per module (started with the same code as `make up`, on free ports). Fault injection ends,
+One stack per session (tests/fixtures/stack.py: the code behind `make up`, on free ports). Fault injection ends,
 every time, with zero acknowledged instances lost or changed.
 """
 
@@ -11,36 +11,18 @@ import concurrent.futures
 import hashlib
 import io
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pydicom
-import pytest
 
 from dicomgw.config import StorageSettings
 from dicomgw.storage.s3 import S3Store
-from dicomgw_gateway.stack import Stack, StackConfig, free_port
+from dicomgw_gateway.stack import Stack
 from tests.dicomdata import make_instance, make_study, multipart_related, split_multipart
 
 ANY_TS = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = StackConfig(
-        run_dir=tmp_path_factory.mktemp("stack"), port=free_port(), minio_port=free_port(),
-        replica_port=free_port(), redis_port=free_port(), postgres_port=free_port(),
-        ingest_port=free_port(), query_port=free_port(), retrieve_port=free_port(),
-        minio_user="stack-test", minio_password="stack-test-secret",
-        extra_env={"DICOMGW_WORKER_POLL_SECONDS": "0.2", "DICOMGW_WORKER_SWEEP_SECONDS": "1",
-                   "DICOMGW_WORKER_VERIFY_CYCLE_SECONDS": "3", "DICOMGW_WORKER_LEASE_SECONDS": "10"},
-    )
-    stack = Stack(config)
-    stack.up()
-    yield stack
-    stack.down()
 
 
 class Bucket:

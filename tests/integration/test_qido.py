@@ -58,12 +58,22 @@ def _archive() -> list[bytes]:
     return parts
 
 
-@pytest_asyncio.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest_asyncio.fixture(scope="module", params=["sqlite", "postgres", "stack"])
 async def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                  ) -> AsyncIterator[httpx.AsyncClient]:
     from dicomgw.config import Settings
     from dicomgw_gateway.app import create_app
 
+    if request.param == "stack":
+        # the split services behind nginx: QIDO answered by the query service, STOW by ingest
+        stack = request.getfixturevalue("stack")
+        root = stack.config.url.removesuffix("/dicom-web")
+        async with httpx.AsyncClient(base_url=root, timeout=60) as c:
+            body, ct = multipart_related(_archive())
+            resp = await c.post("/dicom-web/studies", content=body, headers={"content-type": ct})
+            assert resp.status_code == 200, resp.text
+            yield c
+        return
     data = tmp_path_factory.mktemp(f"qido-{request.param}")
     env = {"DATA_DIR": str(data)}
     if request.param == "postgres":
@@ -230,9 +240,10 @@ async def test_limit_and_offset_page_through_results(client: httpx.AsyncClient) 
 
 async def test_retrieve_url_points_at_the_resource(client: httpx.AsyncClient) -> None:
     [study] = await qido(client, "/studies", StudyInstanceUID=STUDY_B)
-    assert study["00081190"]["Value"] == [f"http://gw/dicom-web/studies/{STUDY_B}"]
+    root = str(client.base_url).rstrip("/")
+    assert study["00081190"]["Value"] == [f"{root}/dicom-web/studies/{STUDY_B}"]
     [series] = await qido(client, f"/studies/{STUDY_A}/series", SeriesInstanceUID=SERIES_A1)
-    assert series["00081190"]["Value"] == [f"http://gw/dicom-web/studies/{STUDY_A}/series/{SERIES_A1}"]
+    assert series["00081190"]["Value"] == [f"{root}/dicom-web/studies/{STUDY_A}/series/{SERIES_A1}"]
 
 
 @pytest.mark.parametrize(
