@@ -1,6 +1,7 @@
 """The distributed tier for real: split services behind nginx, PostgreSQL, two MinIOs, Redis, Celery.
 
-One stack per session (tests/fixtures/stack.py: the code behind `make up`, on free ports). Fault injection ends,
+One stack per session (tests/fixtures/stack.py: the code behind `make up`, on free
+ports). Fault injection ends,
 every time, with zero acknowledged instances lost or changed.
 """
 
