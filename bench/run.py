@@ -115,11 +115,60 @@ async def qido_vs_raw(url: str, data_dir: Path, rounds: int = 50) -> dict[str, f
     return {"gateway_s_per_query": gateway, "raw_sql_s_per_query": raw, "ratio": gateway / raw}
 
 
+def _write_all(parts: list[bytes], folder: Path) -> list[tuple[Path, bytes, int]]:
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, data in enumerate(parts):
+        path = folder / f"{i}.dcm"
+        path.write_bytes(data)
+        out.append((path, hashlib.sha256(data).digest(), len(data)))
+    return out
+
+
+async def raw_s3_puts(settings, parts: list[bytes], folder: Path, concurrency: int = 8) -> float:  # type: ignore[no-untyped-def]
+    """The same bytes PUT straight to MinIO with their SHA-256, as many at once as the gateway does."""
+    from dicomgw.storage.s3 import S3Store
+
+    paths = _write_all(parts, folder)
+    store = await S3Store.open(settings)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def put(i: int) -> None:
+        path, digest, size = paths[i]
+        async with sem:
+            await store.put_file(f"raw/{i}.dcm", path, sha256=digest, size=size)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(put(i) for i in range(len(paths))))
+    elapsed = time.perf_counter() - t0
+    await store.close()
+    return elapsed
+
+
+def bench_s3(parts: list[bytes], tmp: Path) -> dict[str, float]:
+    from tests.fixtures.minio import start_minio
+
+    minio = start_minio(tmp / "minio")
+    try:
+        raw = asyncio.run(raw_s3_puts(minio.settings("bench-raw"), parts, tmp / "raw-s3"))
+        gw = start_gateway(tmp / "gw-s3", env=minio.env("bench-gw"))
+        try:
+            stow = asyncio.run(stow_all(gw.url, parts))
+        finally:
+            gw.stop()
+    finally:
+        minio.stop()
+    return {"gateway_s": round(stow, 3), "raw_minio_put_s": round(raw, 3), "ratio": round(stow / raw, 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--instances", type=int, default=400)
+    parser.add_argument("--s3", action="store_true", help="also STOW into MinIO vs raw PUTs")
     args = parser.parse_args()
     parts = corpus(args.instances)
     size_mb = sum(map(len, parts)) / 2**20
@@ -141,6 +190,8 @@ def main() -> int:
                     results[name] = {"error": repr(exc)[:200]}
         finally:
             gw.stop()
+        if args.s3:
+            results["stow_s3"] = bench_s3(parts, Path(tmp))
     print(json.dumps(results, indent=2))
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
