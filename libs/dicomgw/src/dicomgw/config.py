@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, validation_alias="PORT")
     log_level: str = "info"
+    # publish the archive's integrity gauges on /metrics (one service per deployment is enough)
+    metrics_integrity: bool = True
     storage: StorageSettings = Field(default_factory=StorageSettings)
     replica: ReplicaSettings = Field(default_factory=ReplicaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -10,4 +10,5 @@ from dicomgw_ingest.routes import router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return build_app(settings or Settings(), [router], title="dicomgw ingest (STOW-RS)")
+    return build_app(settings or Settings(), [router], service="ingest",
+                     title="dicomgw ingest (STOW-RS)")

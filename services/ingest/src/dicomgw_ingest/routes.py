@@ -11,7 +11,7 @@ from dicomgw.dicom.parse import valid_uid
 from dicomgw.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from dicomgw.multipart import parse_media_type, spool_parts, spool_single
 from dicomgw.web.deps import RuntimeDep, base_url
-from dicomgw_ingest.stow import StowOutcome, response_dataset, store_parts
+from dicomgw_ingest.stow import StowOutcome, count_outcomes, response_dataset, store_parts
 
 router = APIRouter(tags=["STOW-RS"])
 
@@ -64,6 +64,7 @@ async def _stow(request: Request, runtime: RuntimeDep, study_uid: str | None) ->
     outcome: StowOutcome = await store_parts(runtime, parts, study_uid)
     if not outcome.results:
         raise BadRequest("the request contained no parts")
+    count_outcomes(outcome)
     dataset = response_dataset(outcome, base_url(request), study_uid)
     return Response(json.dumps(dataset), status_code=outcome.status_code, media_type=DICOM_JSON)
 

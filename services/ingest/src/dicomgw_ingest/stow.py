@@ -23,6 +23,7 @@ from dicomgw.errors import (
     StudyInstanceUIDMismatch,
 )
 from dicomgw.index.repository import StoredObject
+from dicomgw.metrics import STOW_BYTES, STOW_INSTANCES
 from dicomgw.multipart import SpooledPart, parse_media_type
 from dicomgw.runtime import Runtime
 from dicomgw.storage import original_key
@@ -149,6 +150,19 @@ async def store_parts(
         elif outcome.status == "present":
             r.already_present = True
     return StowOutcome(results)
+
+
+def count_outcomes(outcome: StowOutcome) -> None:
+    """Every part's fate, as metrics (reason codes only)."""
+    for r in outcome.results:
+        if r.error is not None:
+            STOW_INSTANCES.labels("failed", f"0x{r.error.failure_reason:04X}").inc()
+        elif r.already_present:
+            STOW_INSTANCES.labels("present", "").inc()
+        else:
+            STOW_INSTANCES.labels("stored", "").inc()
+            if r.stored is not None:
+                STOW_BYTES.inc(r.stored.size)
 
 
 def response_dataset(outcome: StowOutcome, base_url: str, study_uid: str | None) -> dict[str, object]:

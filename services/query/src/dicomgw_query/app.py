@@ -10,4 +10,5 @@ from dicomgw_query.routes import router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return build_app(settings or Settings(), [router], title="dicomgw query (QIDO-RS)")
+    return build_app(settings or Settings(), [router], service="query",
+                     title="dicomgw query (QIDO-RS)")

@@ -10,4 +10,5 @@ from dicomgw_retrieve.routes import router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return build_app(settings or Settings(), [router], title="dicomgw retrieve (WADO-RS)")
+    return build_app(settings or Settings(), [router], service="retrieve",
+                     title="dicomgw retrieve (WADO-RS)")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from dicomgw.metrics import set_integrity
 from dicomgw.status import integrity_status
 from dicomgw.web.deps import RuntimeDep
 
@@ -37,6 +39,14 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         checks["store"] = type(exc).__name__
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus exposition; integrity gauges are refreshed from the index on each scrape."""
+    if runtime.settings.metrics_integrity:
+        set_integrity(await integrity_status(runtime.index, replica_enabled=runtime.replica is not None))
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/admin/status")

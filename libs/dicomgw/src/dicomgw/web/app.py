@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from dicomgw.config import Settings
+from dicomgw.metrics import MetricsMiddleware
 from dicomgw.runtime import Runtime, open_runtime
 from dicomgw.web.admin import router as admin_router
 from dicomgw.web.problems import install_problem_handlers
@@ -21,6 +22,7 @@ def build_app(
     routers: Sequence[APIRouter],
     *,
     title: str,
+    service: str = "gateway",
     background: Sequence[Extra] = (),
 ) -> FastAPI:
     """One app: routers mounted under the DICOMweb base path, sharing one Runtime.
@@ -47,6 +49,7 @@ def build_app(
         app.include_router(router, prefix=settings.http.base_path)
     app.include_router(admin_router)
     install_problem_handlers(app)
+    app.add_middleware(MetricsMiddleware, service=service)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.http.cors_origins,

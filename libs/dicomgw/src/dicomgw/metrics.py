@@ -1,0 +1,87 @@
+"""Prometheus metrics shared by every service: RED per route, bytes, STOW outcomes, integrity gauges.
+
+Labels carry route templates (``/studies/{study}/series``), methods, statuses and outcome names only:
+never a UID or anything else from a DICOM header (DESIGN invariant 6).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter("dicomgw_http_requests_total", "HTTP requests by route, method and status",
+                   ["service", "route", "method", "status"])
+LATENCY = Histogram("dicomgw_http_request_duration_seconds", "Time to the end of the response body",
+                    ["service", "route", "method"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+BYTES_IN = Counter("dicomgw_http_request_bytes_total", "Request body bytes received", ["service", "route"])
+BYTES_OUT = Counter("dicomgw_http_response_bytes_total", "Response body bytes sent", ["service", "route"])
+STOW_INSTANCES = Counter("dicomgw_stow_instances_total",
+                         "Instances received by STOW-RS by outcome (stored, present, failed) and reason",
+                         ["outcome", "reason"])
+STOW_BYTES = Counter("dicomgw_stow_stored_bytes_total", "Bytes of originals newly stored")
+
+ORIGINALS = Gauge("dicomgw_originals", "Originals in the index by verification status", ["status"])
+REPLICAS = Gauge("dicomgw_replicas", "Originals by replica status", ["status"])
+OLDEST_UNVERIFIED = Gauge("dicomgw_oldest_unverified_seconds",
+                          "Age of the oldest original never verified (0 when none)")
+OUTBOX = Gauge("dicomgw_outbox_depth", "Background work waiting in the outbox", ["task"])
+REPAIRED = Gauge("dicomgw_originals_repaired", "Copies repaired since the archive began")
+
+
+def set_integrity(status: dict[str, Any]) -> None:
+    """Publish an integrity_status() snapshot as gauges."""
+    for name in ("verified", "pending", "mismatched", "missing", "lost"):
+        ORIGINALS.labels(status=name).set(status[name])
+    replica = status["replica"]
+    for name in ("replicated", "pending", "missing"):
+        REPLICAS.labels(status=name).set(replica[name])
+    OLDEST_UNVERIFIED.set(status["oldest_unverified_seconds"])
+    REPAIRED.set(status["repaired"])
+    for task in ("verify", "replicate", "repair"):
+        OUTBOX.labels(task=task).set(status["outbox"].get(task, 0))
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (streams stay streams): counts requests, bytes and time per route."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        received = sent = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            REQUESTS.labels(self.service, template, method, str(status)).inc()
+            LATENCY.labels(self.service, template, method).observe(time.perf_counter() - started)
+            BYTES_IN.labels(self.service, template).inc(received)
+            BYTES_OUT.labels(self.service, template).inc(sent)
