@@ -6,11 +6,19 @@ never a UID or anything else from a DICOM header (DESIGN invariant 6).
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomgw.logs import request_id
+
+access_log = logging.getLogger("dicomgw.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 REQUESTS = Counter("dicomgw_http_requests_total", "HTTP requests by route, method and status",
                    ["service", "route", "method", "status"])
@@ -45,8 +53,19 @@ def set_integrity(status: dict[str, Any]) -> None:
         OUTBOX.labels(task=task).set(status["outbox"].get(task, 0))
 
 
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _REQUEST_ID.match(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
 class MetricsMiddleware:
-    """Pure ASGI middleware (streams stay streams): counts requests, bytes and time per route."""
+    """Pure ASGI middleware (streams stay streams): counts requests, bytes and time per route, and
+    writes one access-log line per request with its id (taken from X-Request-ID or made up, and sent
+    back in the response)."""
 
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
@@ -59,6 +78,8 @@ class MetricsMiddleware:
         started = time.perf_counter()
         status = 500
         received = sent = 0
+        rid = _request_id(scope)
+        token = request_id.set(rid)
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -71,6 +92,7 @@ class MetricsMiddleware:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
@@ -85,3 +107,9 @@ class MetricsMiddleware:
             LATENCY.labels(self.service, template, method).observe(time.perf_counter() - started)
             BYTES_IN.labels(self.service, template).inc(received)
             BYTES_OUT.labels(self.service, template).inc(sent)
+            duration = time.perf_counter() - started
+            access_log.info("request", extra={
+                "service": self.service, "route": template, "method": method, "status": status,
+                "duration_ms": round(duration * 1000, 2), "bytes_in": received, "bytes_out": sent,
+            })
+            request_id.reset(token)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 
@@ -30,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("role", choices=["worker", "beat", "relay"])
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="more arguments for celery")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from dicomgw.logs import configure_logging
+
+    configure_logging("info")
     if args.role == "relay":
         return _relay()
     from dicomgw_worker.celery_app import QUEUES, celery

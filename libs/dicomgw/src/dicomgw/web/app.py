@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from dicomgw.config import Settings
+from dicomgw.logs import configure_logging
 from dicomgw.metrics import MetricsMiddleware
 from dicomgw.runtime import Runtime, open_runtime
 from dicomgw.web.admin import router as admin_router
@@ -32,6 +33,7 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level)
         async with open_runtime(settings, migrate=settings.index.migrate) as runtime:
             app.state.runtime = runtime
             managers = [make(runtime) for make in background]
