@@ -164,7 +164,7 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     """'multipart/related; type="application/dicom"; boundary=x' -> ('multipart/related', {...})."""
     media, _, rest = value.partition(";")
     params: dict[str, str] = {}
-    for piece in _split_params(rest):
+    for piece in split_unquoted(rest, ";"):
         name, sep, val = piece.partition("=")
         if not sep:
             continue
@@ -175,19 +175,18 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     return media.strip().lower(), params
 
 
-def _split_params(text: str) -> list[str]:
-    """Split on ';' outside double quotes."""
+def split_unquoted(text: str, separator: str) -> list[str]:
+    """Split on ``separator`` where it stands outside double quotes; blank pieces are dropped."""
     out: list[str] = []
     buf: list[str] = []
     quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted
-        if ch == ";" and not quoted:
+        if ch == separator and not quoted:
             out.append("".join(buf))
             buf = []
         else:
             buf.append(ch)
-    if buf:
-        out.append("".join(buf))
+    out.append("".join(buf))
     return [p.strip() for p in out if p.strip()]

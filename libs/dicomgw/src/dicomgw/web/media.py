@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomgw.multipart import parse_media_type
+from dicomgw.multipart import parse_media_type, split_unquoted
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
@@ -62,9 +62,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     if not header or not header.strip():
         return [MediaRange("*/*")]
     ranges: list[MediaRange] = []
-    for item in _split_commas(header):
-        if not item.strip():
-            continue
+    for item in split_unquoted(header, ","):
         media, params = parse_media_type(item)
         q = 1.0
         if "q" in params:
@@ -75,20 +73,6 @@ def parse_accept(header: str | None) -> list[MediaRange]:
         if q > 0:
             ranges.append(MediaRange(media, params, q))
     return sorted(ranges, key=lambda r: -r.q)
-
-
-def _split_commas(text: str) -> list[str]:
-    out, buf, quoted = [], [], False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            out.append("".join(buf))
-            buf = []
-        else:
-            buf.append(ch)
-    out.append("".join(buf))
-    return out
 
 
 def maybe_gzip(request: Request, body: bytes, media_type: str, *, status_code: int = 200,
