@@ -1,111 +1,213 @@
-"""`dicomgw upload` against a real gateway: summary, exit codes, resumption, retries through a flaky link."""
+"""`dicomgw upload` against a real gateway: summary, exit codes, re-runs, retries through a flaky proxy."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
+import pydicom
 import pytest
 
-from tests.dicomdata import make_instance, make_study
+from tests.dicomdata import make_instance, make_study, uid
 from tests.fixtures.gateway import Gateway, free_port
 
 DICOMGW = str(Path(sys.executable).parent / "dicomgw")
 
 
-def upload(url: str, *paths: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DICOMGW, "upload", *map(str, paths), "--url", url, "--quiet", *extra],
-                          capture_output=True, text=True, timeout=300)
+def upload(url: str | None, *paths: Path, extra: tuple[str, ...] = (),
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    args = [DICOMGW, "upload", *map(str, paths), "--quiet", *extra]
+    if url is not None:
+        args += ["--url", url]
+    return subprocess.run(args, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
 
 
-def _folder(tmp_path: Path, parts: list[bytes]) -> Path:
-    folder = tmp_path / "incoming"
-    (folder / "nested").mkdir(parents=True)
+def write_folder(folder: Path, parts: list[bytes]) -> Path:
+    (folder / "nested" / "deeper").mkdir(parents=True)
     for i, data in enumerate(parts):
-        (folder / "nested" / f"img{i}").write_bytes(data)  # no .dcm suffix: found by DICM prefix
+        sub = folder / "nested" / ("deeper" if i % 2 else "")
+        (sub / f"img{i}").write_bytes(data)  # no .dcm suffix: found by the DICM prefix
     return folder
 
 
-def _count_instances(gw: Gateway, study: str) -> int:
-    found = httpx.get(f"{gw.url}/studies/{study}/instances").json()
-    return len(found)
+def uids(data: bytes) -> tuple[str, str, str]:
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
 
 
-def test_upload_stores_a_folder_and_reports_a_summary(gateway: Gateway, tmp_path: Path) -> None:
-    import io
+def stored_sops(gw: Gateway, study: str) -> set[str]:
+    response = httpx.get(f"{gw.url}/studies/{study}/instances")
+    assert response.status_code == 200, response.text
+    return {item["00080018"]["Value"][0] for item in response.json()}
 
-    import pydicom
 
-    parts = make_study(2, 3)
-    folder = _folder(tmp_path, parts)
+def object_files(gw: Gateway) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (gw.data_dir / "objects").rglob("*") if p.is_file()}
+
+
+def summary(done: subprocess.CompletedProcess[str]) -> str:
+    return done.stdout.splitlines()[0] if done.stdout else done.stderr
+
+
+def test_folder_is_stored_and_bad_files_are_reported(gateway: Gateway, tmp_path: Path) -> None:
+    study_a, study_b = make_study(2, 3), make_study(1, 2)
+    broken = make_instance()[:-3000]  # header intact, pixel data cut short
+    folder = write_folder(tmp_path / "in", [*study_a, *study_b, broken])
     (folder / "notes.txt").write_text("not DICOM")
-    done = upload(gateway.url, folder)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "stored 6, already present 0, failed 0" in done.stdout
-    assert "1 non-DICOM file(s) skipped" in done.stdout
-    study = str(pydicom.dcmread(io.BytesIO(parts[0])).StudyInstanceUID)
-    assert _count_instances(gateway, study) == 6
+    (folder / "nested" / "tiny").write_bytes(b"DICM")
 
-    before = sorted((gateway.data_dir / "objects").rglob("*.dcm"))
+    done = upload(gateway.url, folder)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert summary(done).startswith("stored 8, already present 0, failed 1 (9 DICOM file(s)")
+    assert "2 non-DICOM file(s) skipped" in summary(done)
+    assert "failed: 1 x cannot understand (0xC000)" in done.stdout
+    assert "img8: cannot understand (0xC000)" in done.stdout  # the file is named
+    for parts in (study_a, study_b):
+        assert stored_sops(gateway, uids(parts[0])[0]) == {uids(p)[2] for p in parts}
+    study, series, sop = uids(study_a[4])
+    original = httpx.get(f"{gateway.url}/studies/{study}/series/{series}/instances/{sop}",
+                         headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert original.content == study_a[4]
+
+
+def test_a_second_run_reports_already_present_and_stores_nothing_new(
+        gateway: Gateway, tmp_path: Path) -> None:
+    parts = make_study(2, 2)
+    folder = write_folder(tmp_path / "in", parts)
+    first = upload(gateway.url, folder)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert summary(first).startswith("stored 4, already present 0, failed 0")
+    before = object_files(gateway)
+
     again = upload(gateway.url, folder)
-    assert again.returncode == 0
-    assert "stored 0, already present 6, failed 0" in again.stdout
-    assert sorted((gateway.data_dir / "objects").rglob("*.dcm")) == before
-    resent = upload(gateway.url, folder, extra=("--resend",))
-    assert "stored 0, already present 6, failed 0" in resent.stdout
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert summary(again).startswith("stored 0, already present 4, failed 0")
+    skipping = upload(gateway.url, folder, extra=("--skip-existing",))
+    assert summary(skipping).startswith("stored 0, already present 4, failed 0")
+    assert object_files(gateway) == before  # no new copy, nothing rewritten
+    assert stored_sops(gateway, uids(parts[0])[0]) == {uids(p)[2] for p in parts}
 
 
-def test_failures_are_reported_with_reasons_and_exit_non_zero(gateway: Gateway, tmp_path: Path) -> None:
-    good = make_instance()
-    broken = make_instance()[:-3000]
-    folder = _folder(tmp_path, [good, broken])
-    done = upload(gateway.url, folder)
+def test_changed_file_with_a_stored_uid_fails_and_keeps_the_original(
+        gateway: Gateway, tmp_path: Path) -> None:
+    study, series, sop = uid(), uid(), uid()
+    first = make_instance(study_uid=study, series_uid=series, sop_uid=sop, seed=1)
+    changed = make_instance(study_uid=study, series_uid=series, sop_uid=sop, seed=2)
+    (tmp_path / "one.dcm").write_bytes(first)
+    (tmp_path / "two.dcm").write_bytes(changed)
+    assert upload(gateway.url, tmp_path / "one.dcm").returncode == 0
+
+    done = upload(gateway.url, tmp_path / "two.dcm")
+
     assert done.returncode == 1
-    assert "stored 1, already present 0, failed 1" in done.stdout
-    assert "cannot understand (0xC000)" in done.stdout
+    assert summary(done).startswith("stored 0, already present 0, failed 1")
+    assert "two.dcm: duplicate SOP Instance UID with different content (0x0111)" in done.stdout
+    kept = httpx.get(f"{gateway.url}/studies/{study}/series/{series}/instances/{sop}",
+                     headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert kept.content == first
 
 
-def test_unreachable_server_fails_cleanly(tmp_path: Path) -> None:
-    folder = _folder(tmp_path, [make_instance()])
-    done = upload(f"http://127.0.0.1:{free_port()}/dicom-web", folder, extra=("--retries", "1"))
-    assert done.returncode == 1
-    assert "server unreachable" in done.stdout
+def test_url_from_the_environment_and_http_errors_reported(gateway: Gateway, tmp_path: Path) -> None:
+    (tmp_path / "a.dcm").write_bytes(make_instance())
+    wrong = upload(None, tmp_path, env={"DICOMGW_URL": gateway.root + "/not-dicomweb"})
+    assert wrong.returncode == 1
+    assert "failed: 1 x HTTP 404 Not Found" in wrong.stdout
+    right = upload(None, tmp_path, env={"DICOMGW_URL": gateway.url})
+    assert right.returncode == 0, right.stdout + right.stderr
+
+
+def test_missing_path_and_unreachable_server_exit_non_zero(tmp_path: Path) -> None:
+    missing = upload("http://127.0.0.1:9/dicom-web", tmp_path / "nowhere")
+    assert missing.returncode == 2
+    assert "no such file or folder" in missing.stdout
+    (tmp_path / "a.dcm").write_bytes(make_instance())
+    started = time.monotonic()
+    down = upload(f"http://127.0.0.1:{free_port()}/dicom-web", tmp_path, extra=("--retries", "1"))
+    assert down.returncode == 1
+    assert "failed: 1 x server unreachable" in down.stdout
+    assert time.monotonic() - started < 20
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body_bytes: int
+    at: float
+    answer: str
 
 
 class FlakyProxy:
-    """A TCP proxy to the gateway that drops its first connections, then forwards faithfully."""
+    """An HTTP proxy in front of the gateway that fails POSTs as scripted, then forwards faithfully.
 
-    def __init__(self, target_port: int, drop_first: int) -> None:
+    `faults` is consumed one entry per POST: "drop" reads half the body and resets the connection,
+    "503" reads the whole request and answers 503 with Retry-After. Every request is recorded.
+    """
+
+    def __init__(self, target_port: int, faults: list[str], retry_after: int = 1) -> None:
         self.target_port = target_port
-        self.drops_left = drop_first
+        self.faults = list(faults)
+        self.retry_after = retry_after
+        self.seen: list[Seen] = []
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/dicom-web"
+
+    def posts(self) -> list[Seen]:
+        return [s for s in self.seen if s.method == "POST"]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.drops_left > 0:
-            self.drops_left -= 1
-            await reader.read(1024)
-            writer.close()  # the client sees the connection die mid-request
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
             return
+        request_line, *lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = request_line.split(" ", 2)
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+        length = int(headers.get("content-length", "0"))
+        fault = self.faults.pop(0) if method == "POST" and self.faults else "forward"
+        self.seen.append(Seen(method, path, headers, length, time.monotonic(), fault))
+        if fault == "drop":
+            await reader.readexactly(length // 2)
+            writer.transport.abort()  # connection reset in the middle of the body
+            return
+        body = await reader.readexactly(length)
+        if fault == "503":
+            writer.write(f"HTTP/1.1 503 Service Unavailable\r\nRetry-After: {self.retry_after}\r\n"
+                         "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        else:
+            writer.write(await self._forward(method, path, headers, body))
+        await writer.drain()
+        writer.close()
+
+    async def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        headers = {**headers, "connection": "close"}
+        head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        up_writer.write(head.encode("latin-1") + b"\r\n" + body)
+        await up_writer.drain()
+        response = await up_reader.read()  # the gateway closes after one response (Connection: close)
+        up_writer.close()
+        return response
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -116,7 +218,7 @@ class FlakyProxy:
 
     def __enter__(self) -> FlakyProxy:
         self.thread.start()
-        self.ready.wait(10)
+        assert self.ready.wait(10)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -124,18 +226,73 @@ class FlakyProxy:
         self.thread.join(10)
 
 
+def proxy(gateway: Gateway, faults: list[str]) -> FlakyProxy:
+    return FlakyProxy(int(gateway.root.rsplit(":", 1)[1]), faults)
+
+
 @pytest.fixture
 def flaky(gateway: Gateway) -> Iterator[FlakyProxy]:
-    port = int(gateway.root.rsplit(":", 1)[1])
-    with FlakyProxy(port, drop_first=3) as proxy:
-        yield proxy
+    with proxy(gateway, ["drop", "503"]) as p:
+        yield p
 
 
-def test_transient_connection_failures_are_retried(gateway: Gateway, flaky: FlakyProxy,
-                                                   tmp_path: Path) -> None:
+def test_dropped_connection_and_503_are_retried_honouring_retry_after(
+        gateway: Gateway, flaky: FlakyProxy, tmp_path: Path) -> None:
     parts = make_study(1, 4)
-    folder = _folder(tmp_path, parts)
-    done = upload(f"http://127.0.0.1:{flaky.port}/dicom-web", folder)
+    folder = write_folder(tmp_path / "in", parts)
+    before = len(object_files(gateway))
+
+    done = upload(flaky.url, folder)
+
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "stored 4, already present 0, failed 0" in done.stdout
-    assert flaky.drops_left == 0
+    assert summary(done).startswith("stored 4, already present 0, failed 0")
+    posts = flaky.posts()
+    assert [p.answer for p in posts] == ["drop", "503", "forward"]
+    assert posts[2].at - posts[1].at >= 0.95 * flaky.retry_after  # Retry-After was honoured
+    assert posts[0].body_bytes == posts[2].body_bytes  # the same request, sent again whole
+    assert stored_sops(gateway, uids(parts[0])[0]) == {uids(p)[2] for p in parts}
+    assert len(object_files(gateway)) == before + 4  # one copy each, nothing from the dropped attempt
+
+
+def test_studies_are_batched_and_credentials_are_sent(gateway: Gateway, tmp_path: Path) -> None:
+    studies = [make_study(1, 5), make_study(1, 1)]
+    folder = write_folder(tmp_path / "in", [p for s in studies for p in s])
+    size = len(studies[0][0])
+    with proxy(gateway, []) as p:
+        done = upload(p.url, folder, extra=("--batch-mb", str(2.5 * size / 2**20), "--token", "t0k3n",
+                                            "--header", "X-Site: lab-7", "--concurrency", "2"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert summary(done).startswith("stored 6, already present 0, failed 0")
+    posts = p.posts()
+    # 5 instances at most 2 a request: 3 requests; the other study: 1
+    assert sorted(round(post.body_bytes / size) for post in posts) == [1, 1, 2, 2]
+    for request in p.seen:
+        assert request.headers["authorization"] == "Bearer t0k3n"
+        assert request.headers["x-site"] == "lab-7"
+    for post in posts:
+        assert post.headers["content-type"].startswith('multipart/related; type="application/dicom"')
+    gets = [s for s in p.seen if s.method == "GET"]
+    assert len(gets) == 2  # one QIDO-RS look-up per study, not per batch
+
+
+def test_upload_streams_from_disk_in_bounded_memory(gateway: Gateway, tmp_path: Path) -> None:
+    folder = tmp_path / "big"
+    folder.mkdir()
+    study = uid()
+    for i in range(4):  # 4 x 32 MiB in one request
+        (folder / f"{i}.dcm").write_bytes(make_instance(study_uid=study, rows=1024, columns=1024,
+                                                        frames=16, seed=i))
+    total = sum(p.stat().st_size for p in folder.iterdir())
+    proc = psutil.Popen([DICOMGW, "upload", str(folder), "--url", gateway.url, "--quiet",
+                         "--batch-mb", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode() + err.decode()
+    assert b"stored 4, already present 0, failed 0" in out
+    assert peak < total * 0.75, f"peak RSS {peak / 2**20:.0f} MiB for {total / 2**20:.0f} MiB sent"
