@@ -24,9 +24,41 @@ def _relay() -> int:
     return 0
 
 
+def _migrate() -> int:
+    from dicomgw.config import Settings
+    from dicomgw.index.db import upgrade_sync
+
+    upgrade_sync(Settings().index_url)
+    return 0
+
+
+def _alive(role: str) -> int:
+    """Liveness of a background process, for Kubernetes exec probes (exit 0 = alive)."""
+    import os
+    import socket
+    import time
+
+    from dicomgw.config import Settings
+
+    settings = Settings()
+    if role == "relay":
+        beat = settings.data_dir / "relay.alive"
+        limit = max(60.0, settings.worker.poll_seconds * 10)
+        return 0 if beat.exists() and time.time() - beat.stat().st_mtime < limit else 1
+    if role == "beat":
+        schedules = list(settings.data_dir.glob("celerybeat-schedule*"))
+        # beat saves its schedule at least every 3 minutes
+        return 0 if schedules and time.time() - max(p.stat().st_mtime for p in schedules) < 600 else 1
+    from dicomgw_worker.celery_app import celery
+
+    node = f"celery@{os.environ.get('HOSTNAME') or socket.gethostname()}"
+    replies = celery.control.inspect(destination=[node], timeout=10).ping() or {}
+    return 0 if node in replies else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dicomgw-worker")
-    parser.add_argument("role", choices=["worker", "beat", "relay"])
+    parser.add_argument("role", choices=["worker", "beat", "relay", "migrate", "alive"])
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="more arguments for celery")
     args = parser.parse_args(argv)
     from dicomgw.logs import configure_logging
@@ -34,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("info")
     if args.role == "relay":
         return _relay()
+    if args.role == "migrate":
+        return _migrate()
+    if args.role == "alive":
+        return _alive(args.extra[0] if args.extra else "worker")
     from dicomgw_worker.celery_app import QUEUES, celery
 
     if args.role == "worker":

@@ -48,7 +48,9 @@ async def relay_once(runtime: Runtime, celery: Celery, *, limit: int = 500) -> i
 
 
 async def run_relay(runtime: Runtime, celery: Celery) -> None:
+    heartbeat = runtime.settings.data_dir / "relay.alive"  # read by `dicomgw-worker alive relay`
     while True:
+        heartbeat.touch()
         try:
             published = await relay_once(runtime, celery)
         except Exception:

@@ -1,0 +1,159 @@
+"""The Helm chart: lint, render with default and production values, and keep its promises.
+
+Helm is built from its Go module into .tools/bin (make tools-helm). Every rendered workload must be
+non-root with a read-only root filesystem, dropped capabilities, requests and limits, and probes; the
+HTTPRoute must route exactly as the local nginx does; values.schema.json must refuse a wrong type; the
+PrometheusRule and dashboard must be the files the Prometheus test checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.fixtures.gateway import REPO
+
+CHART = REPO / "deploy" / "helm" / "dicomgw"
+PRODUCTION = CHART / "ci" / "production-values.yaml"
+HELM = Path(os.environ.get("DICOMGW_TOOLS", REPO / ".tools")) / "bin" / "helm"
+KUBE_VERSION = "1.31.0"
+NGINX = REPO / "services" / "gateway" / "src" / "dicomgw_gateway" / "nginx.conf.template"
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    if not HELM.exists():
+        pytest.fail("Helm is not built: run `make tools-helm` (scripts/install-helm.sh)")
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120)
+
+
+def render(*extra: str) -> list[dict[str, Any]]:
+    done = helm("template", "dicomgw", str(CHART), "--kube-version", KUBE_VERSION, *extra)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(PRODUCTION)]], ids=["default", "production"])
+def test_lint_passes(values: list[str]) -> None:
+    done = helm("lint", "--strict", str(CHART), *values)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Job"):
+            out.append((doc["metadata"]["name"], doc["spec"]["template"]["spec"]))
+        elif doc["kind"] == "Pod":
+            out.append((doc["metadata"]["name"], doc["spec"]))
+    return out
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(PRODUCTION)]], ids=["default", "production"])
+def test_every_workload_is_hardened_with_resources_and_probes(values: list[str]) -> None:
+    docs = render(*values)
+    specs = _pod_specs(docs)
+    assert len(specs) == 8  # ingest, query, retrieve, worker, beat, relay, migrations, smoke test
+    for name, spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec["automountServiceAccountToken"] is False, name
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert container["resources"]["requests"] and container["resources"]["limits"], name
+            if not name.endswith(("-migrate", "-smoke")):
+                assert "livenessProbe" in container and "readinessProbe" in container, name
+    kinds = {doc["kind"] for doc in docs}
+    assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
+            "ServiceAccount", "ConfigMap", "Service"} <= kinds
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "dicomgw", doc["kind"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_production_values_use_existing_secrets_and_an_ingress() -> None:
+    docs = render("-f", str(PRODUCTION))
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert [d for d in docs if d["kind"] == "Ingress"] and not [d for d in docs if d["kind"] == "HTTPRoute"]
+    ingest = next(d for d in docs
+                  if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-ingest"))
+    env = {e["name"]: e for e in ingest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["DICOMGW_INDEX_URL"]["valueFrom"]["secretKeyRef"] == {"name": "dicomgw-index", "key": "url"}
+    assert "DICOMGW_REPLICA_SECRET_KEY" in env
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config"))
+    assert config["data"]["DICOMGW_REPLICA_ENDPOINT_URL"] == "https://s3.second-site.example"
+    assert json.loads(config["data"]["DICOMGW_HTTP_CORS_ORIGINS"]) == ["https://viewer.hospital.example"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("ingest.replicas", "abc"), ("config.logLevel", "loud"), ("redis.url", "http://x"),
+     ("unknownKey", "1"), ("metrics.serviceMonitor.interval", "often")],
+)
+def test_schema_refuses_wrong_values(setting: str, value: str) -> None:
+    done = helm("template", "dicomgw", str(CHART), "--kube-version", KUBE_VERSION,
+                "--set", f"{setting}={value}")
+    assert done.returncode != 0
+    assert "schema" in done.stderr.lower() or "values don't meet" in done.stderr.lower()
+
+
+def _nginx_route(method: str, path: str) -> str:
+    text = NGINX.read_text().replace("${BASE}", "/dicom-web")
+    block = text.split("map \"$request_method $uri\" $dicomgw_upstream {", 1)[1].split("}", 1)[0]
+    for line in block.strip().splitlines():
+        line = line.strip().rstrip(";")
+        if line.startswith("default"):
+            continue
+        pattern, upstream = line.rsplit(None, 1)
+        if re.search(pattern.strip('"')[1:], f"{method} {path}"):
+            return upstream
+    return "query"
+
+
+def _httproute_route(route: dict[str, Any], method: str, path: str) -> str:
+    for rule in route["spec"]["rules"]:
+        for match in rule["matches"]:
+            if match.get("method", method) != method:
+                continue
+            p = match["path"]
+            hit = (re.fullmatch(p["value"], path) if p["type"] == "RegularExpression"
+                   else path.startswith(p["value"]))
+            if hit:
+                return rule["backendRefs"][0]["name"].rsplit("-", 1)[1]
+    return "none"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/dicom-web/studies"), ("POST", "/dicom-web/studies/1.2.3"),
+     ("GET", "/dicom-web/studies"), ("GET", "/dicom-web/series"), ("GET", "/dicom-web/instances"),
+     ("GET", "/dicom-web/studies/1.2.3/series"), ("GET", "/dicom-web/studies/1.2.3/instances"),
+     ("GET", "/dicom-web/studies/1.2.3/series/4.5/instances"), ("GET", "/dicom-web/studies/1.2.3"),
+     ("GET", "/dicom-web/studies/1.2.3/metadata"), ("GET", "/dicom-web/studies/1.2.3/series/4.5"),
+     ("GET", "/dicom-web/studies/1.2.3/series/4.5/instances/6.7/frames/1"),
+     ("GET", "/dicom-web/studies/1.2.3/series/4.5/instances/6.7/rendered"),
+     ("GET", "/dicom-web/studies/1.2.3/thumbnail"), ("GET", "/admin/status"),
+     ("OPTIONS", "/dicom-web/studies")],
+)
+def test_httproute_routes_like_the_local_nginx(method: str, path: str) -> None:
+    [route] = [d for d in render() if d["kind"] == "HTTPRoute"]
+    assert _httproute_route(route, method, path) == _nginx_route(method, path)
+
+
+def test_alert_rules_and_dashboard_are_the_checked_files() -> None:
+    docs = render()
+    [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "rules" / "dicomgw.rules.yaml").read_text())
+    [dashboard] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(dashboard["data"]["dicomgw.json"])
+    assert shipped == json.loads((CHART / "files" / "dashboards" / "dicomgw.json").read_text())
