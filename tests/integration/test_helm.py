@@ -153,7 +153,8 @@ def test_alert_rules_and_dashboard_are_the_checked_files() -> None:
     docs = render()
     [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
     assert rule["spec"] == yaml.safe_load((CHART / "files" / "rules" / "dicomgw.rules.yaml").read_text())
-    [dashboard] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    [dashboard] = [d for d in docs
+                   if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     shipped = json.loads(dashboard["data"]["dicomgw.json"])
     assert shipped == json.loads((CHART / "files" / "dashboards" / "dicomgw.json").read_text())
