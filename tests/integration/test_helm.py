@@ -158,3 +158,21 @@ def test_alert_rules_and_dashboard_are_the_checked_files() -> None:
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     shipped = json.loads(dashboard["data"]["dicomgw.json"])
     assert shipped == json.loads((CHART / "files" / "dashboards" / "dicomgw.json").read_text())
+
+
+# Custom resources the Kubernetes schemas do not describe; their shape is checked above
+CUSTOM_KINDS = {"HTTPRoute", "ServiceMonitor", "PrometheusRule"}
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(PRODUCTION)]], ids=["default", "production"])
+def test_every_object_validates_against_the_kubernetes_schemas(values: list[str]) -> None:
+    import kubernetes_validate
+
+    checked = 0
+    for doc in render(*values):
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        # strict: an unknown field (a typo in a template) fails too
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        checked += 1
+    assert checked >= 15
