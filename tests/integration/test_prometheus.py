@@ -121,3 +121,40 @@ def test_every_expression_is_valid_and_a_forced_mismatch_fires(monitored) -> Non
                    for a in alerts)
 
     _until(firing, 60)
+
+
+def test_prometheus_scrapes_the_distributed_stack_under_load(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    c = stack.config
+    targets = {"dicomgw-ingest": c.ingest_port, "dicomgw-query": c.query_port,
+               "dicomgw-retrieve": c.retrieve_port, "dicomgw-worker": c.worker_metrics_port}
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+                           for job, port in targets.items()],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = tmp_path / "prometheus.log"
+    proc = subprocess.Popen(
+        [_binary("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        _until(lambda: _query(api, "sum(up)") == [4.0], 60, log)
+        for _ in range(3):  # a workload: store, search, retrieve
+            body, ct = multipart_related(make_study(1, 2))
+            study = httpx.post(f"{c.url}/studies", content=body, headers={"content-type": ct},
+                               timeout=60).json()["00081190"]["Value"][0]
+            httpx.get(f"{c.url}/studies", params={"limit": 5})
+            httpx.get(f"{study}/metadata")
+        by_service = 'sum by (service) (dicomgw_http_requests_total{route!~"/(metrics|healthz|readyz)"})'
+        _until(lambda: len(_query(api, by_service)) == 3, 60)
+        _until(lambda: sum(_query(api, 'sum(dicomgw_background_tasks_total{task="replicate"})')) >= 6, 90)
+        for expr in _rule_expressions().values():
+            _query(api, expr)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

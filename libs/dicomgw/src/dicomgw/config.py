@@ -58,6 +58,8 @@ class WorkerSettings(BaseSettings):
     verify_cycle_seconds: float = 7 * 24 * 3600
     # an outbox item handed to Celery is offered again after this lease if not done
     lease_seconds: float = 600
+    # port of the Celery worker's /metrics (its pool processes share one multiprocess registry)
+    metrics_port: int = 9808
     task_soft_time_limit: float = 600
     task_time_limit: float = 900
     concurrency: int = 2

@@ -45,6 +45,7 @@ class StackConfig:
     ingest_port: int = 8081
     query_port: int = 8082
     retrieve_port: int = 8083
+    worker_metrics_port: int = 9808
     minio_user: str = field(default_factory=lambda: os.environ.get("MINIO_ROOT_USER", "minioadmin"))
     minio_password: str = field(
         default_factory=lambda: os.environ.get("MINIO_ROOT_PASSWORD", "minioadmin"))
@@ -66,6 +67,7 @@ class StackConfig:
             "DICOMGW_INDEX_MIGRATE": "false",
             "DICOMGW_WORKER_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "DICOMGW_HTTP_BASE_PATH": self.base_path,
+            "DICOMGW_WORKER_METRICS_PORT": str(self.worker_metrics_port),
         }
         for prefix, values in (("DICOMGW_STORAGE_", s3), ("DICOMGW_REPLICA_", replica)):
             env[prefix + "BACKEND"] = "s3"

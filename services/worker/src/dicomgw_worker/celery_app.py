@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from dicomgw import outbox
 from dicomgw.config import Settings
@@ -90,6 +90,23 @@ class _ProcessRuntime:
 
 
 worker_process_init.connect(lambda **_: _ProcessRuntime.start(), weak=False)
+
+
+def _serve_metrics(**_: Any) -> None:
+    """In the worker's main process: /metrics summing every pool process's counters."""
+    import os
+
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    start_http_server(Settings().worker.metrics_port, registry=registry)
+
+
+worker_init.connect(_serve_metrics, weak=False)
 worker_process_shutdown.connect(lambda **_: _ProcessRuntime.stop(), weak=False)
 
 

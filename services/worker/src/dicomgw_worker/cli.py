@@ -24,6 +24,22 @@ def _relay() -> int:
     return 0
 
 
+def _prepare_metrics() -> None:
+    """Celery's pool processes each count tasks; prometheus-client's multiprocess mode adds them up.
+
+    Must run before prometheus_client is imported anywhere in this process.
+    """
+    import os
+    import shutil
+
+    from dicomgw.config import Settings
+
+    folder = Settings().data_dir / "prometheus-worker"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
 def _migrate() -> int:
     from dicomgw.config import Settings
     from dicomgw.index.db import upgrade_sync
@@ -70,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return _migrate()
     if args.role == "alive":
         return _alive(args.extra[0] if args.extra else "worker")
+    if args.role == "worker":
+        _prepare_metrics()
     from dicomgw_worker.celery_app import QUEUES, celery
 
     if args.role == "worker":
