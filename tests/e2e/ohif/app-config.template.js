@@ -1,4 +1,5 @@
-/** OHIF configuration used by the end-to-end test: one DICOMweb data source, the dicomgw gateway. */
+/** OHIF configuration used by the end-to-end test: one DICOMweb data source, the dicomgw gateway.
+ *  __DICOMWEB_ROOT__ and __OMIT_QUOTATION__ are filled in by tests/e2e/test_ohif.py. */
 window.config = {
   routerBasename: '/',
   extensions: [],
@@ -27,12 +28,12 @@ window.config = {
         imageRendering: 'wadors',
         thumbnailRendering: 'wadors',
         enableStudyLazyLoad: true,
-        supportsFuzzyMatching: true,
+        supportsFuzzyMatching: false,
         supportsWildcard: true,
         staticWado: false,
         singlepart: 'bulkdata,video',
         bulkDataURI: { enabled: true },
-        omitQuotationForMultipartRequest: true,
+        omitQuotationForMultipartRequest: __OMIT_QUOTATION__,
       },
     },
   ],

@@ -1,33 +1,60 @@
-// Drives Debian's Chromium through the OHIF viewer: study list, then one study's first image.
-// Usage: node driver.mjs <playwright-core dir> <viewer url> <study uid> <artifacts dir> <name>...
-// Prints one JSON object: what was seen, the screenshots taken, console errors, failed requests.
+// Drives Debian's Chromium through the OHIF viewer: study list, a filtered list, then studies' images.
+// Usage: node driver.mjs '<json plan>' where the plan is
+//   {driverDir, viewerUrl, gatewayUrl, artifacts, tag, names: [..], filter: {query, expect, absent},
+//    studies: [{uid, label}]}
+// Prints one JSON object: what was seen, the screenshots taken, console errors, failed requests and
+// every request to the gateway (method, path, status, content types) for diagnostics.
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import fs from 'node:fs';
 import os from 'node:os';
 
-const [, , driverDir, viewerUrl, studyUid, artifacts, ...names] = process.argv;
-const require = createRequire(path.join(driverDir, 'package.json'));
+const plan = JSON.parse(process.argv[2]);
+const require = createRequire(path.join(plan.driverDir, 'package.json'));
 const { chromium } = require('playwright-core');
 
-const result = { studyList: {}, viewer: {}, consoleErrors: [], failedRequests: [] };
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dicomgw-chromium-'));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  viewport: { width: 1400, height: 900 },
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--use-gl=swiftshader', '--enable-unsafe-swiftshader'],
-});
-const page = context.pages()[0] ?? await context.newPage();
-page.on('console', msg => { if (msg.type() === 'error') result.consoleErrors.push(msg.text().slice(0, 300)); });
-page.on('response', r => {
-  if (r.status() >= 400) result.failedRequests.push(`${r.status()} ${r.request().method()} ${r.url()}`);
-});
-page.on('requestfailed', r => result.failedRequests.push(`failed ${r.method()} ${r.url()} ${r.failure()?.errorText}`));
+const result = {
+  studyList: {}, filter: null, viewers: [], consoleErrors: [], pageErrors: [], failedRequests: [],
+  gatewayRequests: [],
+};
+const shotPath = name => path.join(plan.artifacts, `ohif-${plan.tag}-${name}.png`);
 
-async function until(check, ms) {
+async function launch() {
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dicomgw-chromium-'));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    viewport: { width: 1400, height: 900 },
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--use-gl=swiftshader', '--enable-unsafe-swiftshader'],
+  });
+  // the first-run guided tour would cover the viewport in the screenshots
+  await context.addInitScript(() => localStorage.setItem('shownTours', '["basicViewerTour"]'));
+  return { context, userDataDir };
+}
+
+function watch(page) {
+  page.on('console', msg => {
+    if (msg.type() === 'error') result.consoleErrors.push(msg.text().slice(0, 400));
+  });
+  page.on('pageerror', err => result.pageErrors.push(String(err).slice(0, 400)));
+  page.on('requestfailed', r => {
+    result.failedRequests.push(`failed ${r.method()} ${r.url()} ${r.failure()?.errorText}`);
+  });
+  page.on('response', async r => {
+    const url = r.url();
+    if (r.status() >= 400) result.failedRequests.push(`${r.status()} ${r.request().method()} ${url}`);
+    if (!url.startsWith(plan.gatewayUrl)) return;
+    const headers = await r.request().allHeaders().catch(() => ({}));
+    result.gatewayRequests.push({
+      method: r.request().method(), path: url.slice(plan.gatewayUrl.length), status: r.status(),
+      accept: headers.accept ?? null, contentType: r.headers()['content-type'] ?? null,
+    });
+  });
+}
+
+async function until(page, check, ms) {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
     if (await check()) return true;
@@ -36,48 +63,78 @@ async function until(check, ms) {
   return false;
 }
 
-try {
-  await page.goto(viewerUrl + '/', { waitUntil: 'domcontentloaded' });
-  for (const name of names) {
-    result.studyList[name] = await until(async () => (await page.getByText(name, { exact: false }).count()) > 0, 60000);
-  }
-  result.studyList.screenshot = path.join(artifacts, 'ohif-study-list.png');
-  await page.screenshot({ path: result.studyList.screenshot });
+const shown = (page, text) => async () => (await page.getByText(text, { exact: false }).count()) > 0;
 
-  await page.goto(`${viewerUrl}/viewer?StudyInstanceUIDs=${studyUid}`, { waitUntil: 'domcontentloaded' });
+async function studyList(page) {
+  await page.goto(plan.viewerUrl + '/', { waitUntil: 'domcontentloaded' });
+  for (const name of plan.names) result.studyList[name] = await until(page, shown(page, name), 60000);
+  result.studyList.screenshot = shotPath('study-list');
+  await page.screenshot({ path: result.studyList.screenshot });
+}
+
+async function filteredList(page) {
+  const { query, expect, absent } = plan.filter;
+  await page.goto(`${plan.viewerUrl}/?patientName=${encodeURIComponent(query)}`, { waitUntil: 'domcontentloaded' });
+  const found = await until(page, shown(page, expect), 30000);
+  // the list is re-rendered from the filtered QIDO answer: give the absent rows time to go, then look
+  const gone = await until(page, async () => !(await shown(page, absent)()), 10000);
+  result.filter = { query, found, absentHidden: gone, screenshot: shotPath('filtered') };
+  await page.screenshot({ path: result.filter.screenshot });
+}
+
+// Lightness statistics of a PNG, decoded by the page itself (no image library on the Node side).
+async function spread(page, png) {
+  return page.evaluate(async b64 => {
+    const img = new Image();
+    img.src = 'data:image/png;base64,' + b64;
+    await img.decode();
+    const c = document.createElement('canvas');
+    c.width = img.width; c.height = img.height;
+    const ctx = c.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    const data = ctx.getImageData(0, 0, c.width, c.height).data;
+    let min = 255, max = 0, lit = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      const v = data[i];
+      if (v < min) min = v;
+      if (v > max) max = v;
+      if (v > 16) lit += 1;
+    }
+    return { min, max, lit, total: data.length / 4 };
+  }, png.toString('base64'));
+}
+
+async function openStudy(page, { uid, label }) {
+  const seen = { uid, label, rendered: false };
+  result.viewers.push(seen);
+  const started = Date.now();
+  await page.goto(`${plan.viewerUrl}/viewer?StudyInstanceUIDs=${uid}`, { waitUntil: 'domcontentloaded' });
   let shot = null;
-  result.viewer.rendered = await until(async () => {
-    const canvas = page.locator('canvas.cornerstone-canvas, .cornerstone-viewport-element canvas, canvas').first();
+  seen.rendered = await until(page, async () => {
+    const canvas = page.locator('canvas.cornerstone-canvas');
     if ((await canvas.count()) === 0) return false;
-    const box = await canvas.boundingBox();
+    const box = await canvas.first().boundingBox();
     if (!box || box.width < 50 || box.height < 50) return false;
-    shot = await canvas.screenshot();
-    // non-blank: sample the PNG's decoded pixels in the page
-    const spread = await page.evaluate(async (b64) => {
-      const img = new Image();
-      img.src = 'data:image/png;base64,' + b64;
-      await img.decode();
-      const c = document.createElement('canvas');
-      c.width = img.width; c.height = img.height;
-      const ctx = c.getContext('2d');
-      ctx.drawImage(img, 0, 0);
-      const data = ctx.getImageData(0, 0, c.width, c.height).data;
-      let min = 255, max = 0, lit = 0;
-      for (let i = 0; i < data.length; i += 4) {
-        const v = data[i];
-        if (v < min) min = v;
-        if (v > max) max = v;
-        if (v > 16) lit += 1;
-      }
-      return { min, max, lit, total: data.length / 4 };
-    }, shot.toString('base64'));
-    result.viewer.pixels = spread;
-    return spread.max - spread.min > 40 && spread.lit > spread.total * 0.05;
-  }, 90000);
-  result.viewer.canvasScreenshot = path.join(artifacts, 'ohif-viewport.png');
-  if (shot) fs.writeFileSync(result.viewer.canvasScreenshot, shot);
-  result.viewer.screenshot = path.join(artifacts, 'ohif-viewer.png');
-  await page.screenshot({ path: result.viewer.screenshot });
+    shot = await canvas.first().screenshot();
+    seen.pixels = await spread(page, shot);
+    return seen.pixels.max - seen.pixels.min > 40 && seen.pixels.lit > seen.pixels.total * 0.05;
+  }, 60000);
+  seen.seconds = (Date.now() - started) / 1000;
+  if (shot) {
+    seen.canvasScreenshot = shotPath(`${label}-viewport`);
+    fs.writeFileSync(seen.canvasScreenshot, shot);
+  }
+  seen.screenshot = shotPath(`${label}-viewer`);
+  await page.screenshot({ path: seen.screenshot });
+}
+
+const { context, userDataDir } = await launch();
+try {
+  const page = context.pages()[0] ?? await context.newPage();
+  watch(page);
+  if (plan.names?.length) await studyList(page);
+  if (plan.filter) await filteredList(page);
+  for (const study of plan.studies ?? []) await openStudy(page, study);
 } catch (err) {
   result.error = String(err).slice(0, 1000);
 } finally {
