@@ -9,9 +9,10 @@ from fastapi.responses import Response
 
 from dicomgw.dicom.parse import valid_uid
 from dicomgw.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+from dicomgw.ingest import StowOutcome, count_outcomes, store_parts
 from dicomgw.multipart import parse_media_type, spool_parts, spool_single
 from dicomgw.web.deps import RuntimeDep, base_url
-from dicomgw_ingest.stow import StowOutcome, count_outcomes, response_dataset, store_parts
+from dicomgw_ingest.stow import response_dataset
 
 router = APIRouter(tags=["STOW-RS"])
 
