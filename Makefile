@@ -8,7 +8,7 @@ UV := $(TOOLS)/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 export DICOMGW_TOOLS := $(TOOLS)
 
-.PHONY: help install run up down test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-browser
+.PHONY: help install run up down test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-dcmtk tools-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ down:  ## stop the local distributed stack
 tools-nginx:  ## install nginx (Debian package), the local router
 	bash scripts/install-nginx.sh
 
+tools-dcmtk:  ## install dcmtk (Debian package), a DIMSE peer for the tests
+	bash scripts/install-dcmtk.sh
+
 tools-helm:  ## build Helm from its Go module into .tools (cached)
 	bash scripts/install-helm.sh
 
@@ -50,7 +53,7 @@ tools-redis:  ## install Redis server (Debian package)
 tools-browser:  ## install Chromium, playwright-core and the OHIF viewer build into .tools
 	bash scripts/install-browser.sh
 
-test: install tools-minio tools-helm tools-postgres tools-redis tools-nginx tools-prometheus tools-browser  ## install everything the suite needs, then run all of it
+test: install tools-minio tools-helm tools-postgres tools-redis tools-nginx tools-prometheus tools-dcmtk tools-browser  ## install everything the suite needs, then run all of it
 	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: install  ## only the fast unit tests

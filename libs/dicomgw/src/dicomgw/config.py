@@ -65,6 +65,20 @@ class WorkerSettings(BaseSettings):
     concurrency: int = 2
 
 
+class DimseSettings(BaseSettings):
+    """The DIMSE front door (C-STORE storage SCP) for PACS that speak only DICOM networking."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_DIMSE_")
+
+    # 0 = off (the embedded gateway starts it beside HTTP when a port is set)
+    port: int = 0
+    host: str = "127.0.0.1"
+    ae_title: str = "DICOMGW"
+    # calling AE titles allowed to store; empty = any
+    allowed_aes: list[str] = Field(default_factory=list)
+    max_pdu: int = 65536
+
+
 class IndexSettings(BaseSettings):
     """The index database."""
 
@@ -113,6 +127,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     replica: ReplicaSettings = Field(default_factory=ReplicaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    dimse: DimseSettings = Field(default_factory=DimseSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
 

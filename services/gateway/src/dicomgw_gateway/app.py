@@ -9,6 +9,7 @@ from dicomgw.web.app import build_app
 from dicomgw_ingest.routes import router as ingest_router
 from dicomgw_query.routes import router as query_router
 from dicomgw_retrieve.routes import router as retrieve_router
+from dicomgw_dimse.scp import dimse_front_door
 from dicomgw_worker.loop import embedded_worker
 
 
@@ -17,5 +18,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings or Settings(),
         [ingest_router, query_router, retrieve_router],
         title="dicomgw (embedded)",
-        background=[embedded_worker],
+        background=[embedded_worker, dimse_front_door],
     )

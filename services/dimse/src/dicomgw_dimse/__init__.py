@@ -1,0 +1,1 @@
+"""dicomgw DIMSE front door."""

@@ -1,0 +1,98 @@
+"""The DIMSE front door with dcmtk's storescu (Debian package): byte-exact storage, refusals, C-ECHO."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from tests.dicomdata import make_dataset, make_study, split_multipart
+from tests.fixtures.gateway import Gateway, free_port
+
+ANY_TS = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run `make test` (scripts/install-dcmtk.sh)")
+    return path
+
+
+@pytest.fixture
+def dimse(make_gateway) -> tuple[Gateway, int]:  # type: ignore[no-untyped-def]
+    port = free_port()
+    gw = make_gateway(env={"DICOMGW_DIMSE_PORT": str(port), "DICOMGW_DIMSE_AE_TITLE": "DICOMGW",
+                           "DICOMGW_DIMSE_ALLOWED_AES": '["STORESCU", "MODALITY1"]'})
+    return gw, port
+
+
+def _dataset_bytes(part10: bytes) -> bytes:
+    """The dataset after the File Meta Information group of a PS3.10 file."""
+    meta_length = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True).file_meta
+    group_length = int(meta_length.FileMetaInformationGroupLength)
+    return part10[132 + 12 + group_length:]
+
+
+def test_storescu_sends_a_study_stored_byte_exact(dimse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gw, port = dimse
+    parts = make_study(1, 3)
+    files = []
+    for i, data in enumerate(parts):
+        path = tmp_path / f"{i}.dcm"
+        path.write_bytes(data)
+        files.append(path)
+    done = subprocess.run([_tool("storescu"), "-aet", "STORESCU", "-aec", "DICOMGW", "127.0.0.1",
+                           str(port), *map(str, files)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ds = pydicom.dcmread(io.BytesIO(parts[0]), stop_before_pixels=True)
+    resp = httpx.get(f"{gw.url}/studies/{ds.StudyInstanceUID}", headers={"accept": ANY_TS})
+    got = {pydicom.dcmread(io.BytesIO(p), stop_before_pixels=True).SOPInstanceUID: p
+           for _, p in split_multipart(resp.content, resp.headers["content-type"])}
+    assert len(got) == 3
+    for data in parts:
+        sop = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+        assert _dataset_bytes(got[sop]) == _dataset_bytes(data)  # the dataset exactly as sent
+
+
+def test_unknown_calling_ae_is_refused(dimse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gw, port = dimse
+    path = tmp_path / "x.dcm"
+    path.write_bytes(make_study(1, 1)[0])
+    done = subprocess.run([_tool("storescu"), "-aet", "INTRUDER", "-aec", "DICOMGW", "127.0.0.1",
+                           str(port), str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "reject" in (done.stdout + done.stderr).lower()
+    assert httpx.get(f"{gw.url}/instances").json() == []
+
+
+def test_malformed_dataset_gets_a_failure_status_and_nothing_is_stored(dimse) -> None:  # type: ignore[no-untyped-def]
+    gw, port = dimse
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMGW")
+    assert assoc.is_established
+    ds = make_dataset()
+    del ds.StudyInstanceUID  # a CT image without its study: cannot be filed
+    status = assoc.send_c_store(ds)
+    good = make_dataset()
+    ok = assoc.send_c_store(good)
+    assoc.release()
+    assert status.Status == 0xC000
+    assert ok.Status == 0x0000
+    found = httpx.get(f"{gw.url}/instances").json()
+    assert [i["00080018"]["Value"][0] for i in found] == [good.SOPInstanceUID]
+
+
+def test_c_echo_answers(dimse) -> None:  # type: ignore[no-untyped-def]
+    _, port = dimse
+    done = subprocess.run([_tool("echoscu"), "-aet", "STORESCU", "-aec", "DICOMGW", "127.0.0.1",
+                           str(port)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
