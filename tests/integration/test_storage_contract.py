@@ -65,6 +65,26 @@ async def test_ranges_and_streams(store: ObjectStore, tmp_path: Path) -> None:
     assert b"".join([c async for c in store.open_stream("r/obj")]) == data
 
 
+async def test_ranges_at_and_past_the_end(store: ObjectStore, tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    path, sha = _file(tmp_path, data)
+    await store.put_file("e/obj", path, sha256=sha, size=len(data))
+    assert await store.read_range("e/obj", 9_990, 100) == data[9_990:]  # clipped at the end
+    assert await store.read_range("e/obj", 10_000, 10) == b""
+    assert await store.read_range("e/obj", 50_000, 10) == b""
+    assert [c async for c in store.open_stream("e/obj", start=20_000)] == []
+    assert [c async for c in store.open_stream("e/obj", start=10, length=0)] == []
+    assert b"".join([c async for c in store.open_stream("e/obj", start=9_000)]) == data[9_000:]
+    await store.put_bytes("e/empty", b"")
+    assert await store.read("e/empty") == b""
+    assert (await store.head("e/empty")).size == 0
+    assert [c async for c in store.open_stream("e/empty")] == []
+    with pytest.raises(ObjectNotFound):
+        await store.read_range("e/none", 0, 0)
+    with pytest.raises(ObjectNotFound):
+        [c async for c in store.open_stream("e/none", length=0)]
+
+
 async def test_missing_objects(store: ObjectStore) -> None:
     with pytest.raises(ObjectNotFound):
         await store.read("nope")

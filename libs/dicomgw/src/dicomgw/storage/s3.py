@@ -26,6 +26,7 @@ from dicomgw.storage.base import ObjectInfo, ObjectNotFound
 # A single PUT holds at most this much in memory; larger files go part by part (S3 minimum: 5 MiB)
 PART_SIZE = 8 * 1024 * 1024
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_PAST_END = {"InvalidRange", "416"}
 
 
 def _b64(digest: bytes) -> str:
@@ -76,12 +77,15 @@ class S3Store:
         except BotoCoreError as exc:
             raise StorageUnavailable(f"object store unreachable: {type(exc).__name__}") from exc
 
-    async def _call(self, method: str, **kwargs: Any) -> Any:
+    async def _call(self, method: str, *, past_end_ok: bool = False, **kwargs: Any) -> Any:
+        """One S3 call, its errors mapped; with ``past_end_ok`` a 416 (range past the end) gives None."""
         try:
             return await getattr(self._client, method)(**kwargs)
         except ClientError as exc:
             if _code(exc) in _NOT_FOUND:
                 raise ObjectNotFound(kwargs.get("Key", "")) from exc
+            if past_end_ok and _code(exc) in _PAST_END:
+                return None
             raise StorageUnavailable(f"object store refused {method}: {_code(exc)}") from exc
         except BotoCoreError as exc:
             raise StorageUnavailable(f"object store unreachable: {type(exc).__name__}") from exc
@@ -137,13 +141,12 @@ class S3Store:
     async def open_stream(
         self, key: str, *, start: int = 0, length: int | None = None, chunk_size: int = 1 << 20
     ) -> AsyncIterator[bytes]:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
-        if start or length is not None:
-            end = "" if length is None else str(start + length - 1)
-            if length == 0:
-                return
-            kwargs["Range"] = f"bytes={start}-{end}"
-        response = await self._call("get_object", **kwargs)
+        if length is not None and length <= 0:
+            await self.head(key)  # still ObjectNotFound for a missing key, like any other read
+            return
+        response = await self._get(key, start, length)
+        if response is None:
+            return
         async with response["Body"] as body:
             try:
                 while chunk := await body.read(chunk_size):
@@ -153,11 +156,21 @@ class S3Store:
 
     async def read_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
+            await self.head(key)
             return b""
-        response = await self._call("get_object", Bucket=self.bucket, Key=key,
-                                    Range=f"bytes={start}-{start + length - 1}")
+        response = await self._get(key, start, length)
+        if response is None:
+            return b""
         async with response["Body"] as body:
             return bytes(await body.read())
+
+    async def _get(self, key: str, start: int, length: int | None) -> Any:
+        """GET the object or a range of it; None when the range starts at or past its end."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if start or length is not None:
+            end = "" if length is None else str(start + length - 1)
+            kwargs["Range"] = f"bytes={start}-{end}"
+        return await self._call("get_object", past_end_ok=True, **kwargs)
 
     async def read(self, key: str) -> bytes:
         response = await self._call("get_object", Bucket=self.bucket, Key=key)
