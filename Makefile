@@ -8,7 +8,7 @@ UV := $(TOOLS)/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 export DICOMGW_TOOLS := $(TOOLS)
 
-.PHONY: help install run up down test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-dcmtk tools-browser
+.PHONY: help install run up down test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-dcmtk tools-orthanc tools-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ down:  ## stop the local distributed stack
 tools-nginx:  ## install nginx (Debian package), the local router
 	bash scripts/install-nginx.sh
 
+tools-orthanc:  ## install Orthanc and its DICOMweb plugin (Debian packages), the test PACS
+	bash scripts/install-orthanc.sh
+
 tools-dcmtk:  ## install dcmtk (Debian package), a DIMSE peer for the tests
 	bash scripts/install-dcmtk.sh
 
@@ -53,7 +56,7 @@ tools-redis:  ## install Redis server (Debian package)
 tools-browser:  ## install Chromium, playwright-core and the OHIF viewer build into .tools
 	bash scripts/install-browser.sh
 
-test: install tools-minio tools-helm tools-postgres tools-redis tools-nginx tools-prometheus tools-dcmtk tools-browser  ## install everything the suite needs, then run all of it
+test: install tools-minio tools-helm tools-postgres tools-redis tools-nginx tools-prometheus tools-dcmtk tools-orthanc tools-browser  ## install everything the suite needs, then run all of it
 	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: install  ## only the fast unit tests

@@ -49,8 +49,10 @@ def test_storescu_sends_a_study_stored_byte_exact(dimse, tmp_path: Path) -> None
         path = tmp_path / f"{i}.dcm"
         path.write_bytes(data)
         files.append(path)
-    done = subprocess.run([_tool("storescu"), "-aet", "STORESCU", "-aec", "DICOMGW", "127.0.0.1",
-                           str(port), *map(str, files)], capture_output=True, text=True, timeout=120)
+    # -xe: propose the files' own syntax (Explicit VR Little Endian) first, so nothing is re-encoded
+    done = subprocess.run([_tool("storescu"), "-xe", "-aet", "STORESCU", "-aec", "DICOMGW",
+                           "127.0.0.1", str(port), *map(str, files)],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     ds = pydicom.dcmread(io.BytesIO(parts[0]), stop_before_pixels=True)
     resp = httpx.get(f"{gw.url}/studies/{ds.StudyInstanceUID}", headers={"accept": ANY_TS})

@@ -6,10 +6,10 @@ from fastapi import FastAPI
 
 from dicomgw.config import Settings
 from dicomgw.web.app import build_app
+from dicomgw_dimse.scp import dimse_front_door
 from dicomgw_ingest.routes import router as ingest_router
 from dicomgw_query.routes import router as query_router
 from dicomgw_retrieve.routes import router as retrieve_router
-from dicomgw_dimse.scp import dimse_front_door
 from dicomgw_worker.loop import embedded_worker
 
 

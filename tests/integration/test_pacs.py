@@ -1,0 +1,76 @@
+"""Hospital integration with a real Orthanc: forwarding rule by STOW-RS, and backfill with resumption."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+
+from tests.dicomdata import make_study, split_multipart
+from tests.fixtures.gateway import Gateway
+from tests.fixtures.orthanc import OrthancServer
+
+DICOMGW = str(Path(sys.executable).parent / "dicomgw")
+ANY_TS = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _study_uid(data: bytes) -> str:
+    return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_orthanc_forwards_new_studies_to_the_gateway(make_gateway, orthanc: OrthancServer,  # type: ignore[no-untyped-def]
+                                                     tmp_path: Path) -> None:
+    gw: Gateway = make_gateway()
+    done = subprocess.run([DICOMGW, "pacs", "connect", "--orthanc", orthanc.url, "--gateway", gw.url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    parts = make_study(2, 2)
+    files = []
+    for i, data in enumerate(parts):
+        files.append(tmp_path / f"{i}.dcm")
+        files[-1].write_bytes(data)
+    sent = subprocess.run([shutil.which("storescu") or "storescu", "-aec", orthanc.aet, "127.0.0.1",
+                           str(orthanc.dicom_port), *map(str, files)], capture_output=True, text=True,
+                          timeout=60)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    study = _study_uid(parts[0])
+    deadline = time.monotonic() + 60
+    found: list[object] = []
+    while time.monotonic() < deadline and len(found) < 4:
+        found = httpx.get(f"{gw.url}/studies/{study}/instances").json()
+        time.sleep(0.5)
+    assert len(found) == 4, orthanc.log.read_text()[-2000:]
+    resp = httpx.get(f"{gw.url}/studies/{study}", headers={"accept": ANY_TS})
+    got = {str(d.SOPInstanceUID): d for d in (
+        pydicom.dcmread(io.BytesIO(p)) for _, p in split_multipart(resp.content, resp.headers["content-type"]))}
+    for data in parts:
+        original = pydicom.dcmread(io.BytesIO(data))
+        assert np.array_equal(got[str(original.SOPInstanceUID)].pixel_array, original.pixel_array)
+
+
+def test_backfill_imports_everything_once(make_gateway, orthanc: OrthancServer) -> None:  # type: ignore[no-untyped-def]
+    gw: Gateway = make_gateway()
+    studies = [make_study(1, 3, study_date="20230105"), make_study(2, 2, study_date="20240610")]
+    for parts in studies:
+        for data in parts:
+            assert httpx.post(f"{orthanc.url}/instances", content=data).status_code == 200
+    args = ["pacs", "import", "--orthanc", orthanc.url, "--gateway", gw.url]
+    first = subprocess.run([DICOMGW, *args], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    report = json.loads(first.stdout.strip().splitlines()[-1])
+    assert report == {"studies": 2, "imported": 2, "already_present": 0, "instances": 7, "failed": 0}
+    for parts in studies:
+        assert len(httpx.get(f"{gw.url}/studies/{_study_uid(parts[0])}/instances").json()) == len(parts)
+    second = subprocess.run([DICOMGW, *args], capture_output=True, text=True, timeout=120)
+    report = json.loads(second.stdout.strip().splitlines()[-1])
+    assert report == {"studies": 2, "imported": 0, "already_present": 2, "instances": 0, "failed": 0}
+    since = subprocess.run([DICOMGW, *args, "--since", "20240101"], capture_output=True, text=True)
+    assert json.loads(since.stdout.strip().splitlines()[-1])["studies"] == 1
