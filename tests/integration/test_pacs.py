@@ -49,8 +49,8 @@ def test_orthanc_forwards_new_studies_to_the_gateway(make_gateway, orthanc: Orth
         time.sleep(0.5)
     assert len(found) == 4, orthanc.log.read_text()[-2000:]
     resp = httpx.get(f"{gw.url}/studies/{study}", headers={"accept": ANY_TS})
-    got = {str(d.SOPInstanceUID): d for d in (
-        pydicom.dcmread(io.BytesIO(p)) for _, p in split_multipart(resp.content, resp.headers["content-type"]))}
+    parts_back = split_multipart(resp.content, resp.headers["content-type"])
+    got = {str(d.SOPInstanceUID): d for d in (pydicom.dcmread(io.BytesIO(p)) for _, p in parts_back)}
     for data in parts:
         original = pydicom.dcmread(io.BytesIO(data))
         assert np.array_equal(got[str(original.SOPInstanceUID)].pixel_array, original.pixel_array)
