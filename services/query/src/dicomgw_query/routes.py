@@ -1,72 +1,73 @@
-"""QIDO-RS endpoints (PS3.18 10.6): search for studies, series and instances."""
+"""QIDO-RS endpoints (PS3.18 10.6): search for studies, series and instances.
+
+A search that matches nothing answers 200 with an empty array (PS3.18 10.6.3.2 allows 204 as well; OHIF
+and dicomweb-client handle an empty array best). A study or series named in the path that does not exist
+is such a search: it is a filter on the path scope, not a resource look-up, so it is not a 404.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from dicomgw.dicom.parse import valid_uid
-from dicomgw.errors import BadRequest, NotAcceptable
+from dicomgw.dicom.parse import BULK_BASE
+from dicomgw.errors import NotAcceptable
 from dicomgw.index.qido import RETRIEVE_URL, Level, parse_query, search
 from dicomgw.web.deps import RuntimeDep, base_url
-from dicomgw.web.media import maybe_gzip
+from dicomgw.web.media import maybe_gzip, parse_accept
 
 router = APIRouter(tags=["QIDO-RS"])
 
 DICOM_JSON = "application/dicom+json"
-_ACCEPTABLE = {"*/*", "application/*", DICOM_JSON, "application/json"}
+_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 
 
-def _negotiate(request: Request) -> str:
-    accept = request.headers.get("accept", "")
-    if not accept.strip():
-        return DICOM_JSON
-    for item in accept.split(","):
-        media = item.split(";")[0].strip().lower()
-        if media in _ACCEPTABLE:
-            return "application/json" if media == "application/json" else DICOM_JSON
+def negotiate(accept: str | None) -> str:
+    """The media type of the answer: DICOM JSON (or plain JSON when that is what was asked), or 406."""
+    for media_range in parse_accept(accept):
+        if media_range.media == "application/json":
+            return "application/json"
+        if media_range.matches(DICOM_JSON):
+            return DICOM_JSON
     raise NotAcceptable("QIDO-RS results are available as application/dicom+json")
 
 
-def _check_uids(*uids: str | None) -> None:
-    for uid in uids:
-        if uid is not None and not valid_uid(uid):
-            raise BadRequest("a UID in the path is not a valid UID")
+def warning_header(warnings: list[str]) -> str:
+    """RFC 7234 Warning values (code 299), reduced to printable ASCII without quotes."""
+    return ", ".join(f'299 dicomgw "{_UNSAFE.sub("?", w)}"' for w in warnings)
 
 
 def _retrieve_url(base: str, level: Level, obj: dict[str, Any]) -> str:
-    study = obj["0020000D"]["Value"][0]
-    if level == "study":
-        return f"{base}/studies/{study}"
-    series = obj["0020000E"]["Value"][0]
-    if level == "series":
-        return f"{base}/studies/{study}/series/{series}"
-    return f"{base}/studies/{study}/series/{series}/instances/{obj['00080018']['Value'][0]}"
+    url = f"{base}/studies/{obj['0020000D']['Value'][0]}"
+    if level != "study":
+        url += f"/series/{obj['0020000E']['Value'][0]}"
+    if level == "instance":
+        url += f"/instances/{obj['00080018']['Value'][0]}"
+    return url
 
 
 async def _search(request: Request, runtime: RuntimeDep, level: Level,
                   study: str | None = None, series: str | None = None) -> Response:
-    _check_uids(study, series)
-    media = _negotiate(request)
+    media = negotiate(request.headers.get("accept"))
     http = runtime.settings.http
-    query = parse_query(level, list(request.query_params.multi_items()),
-                        default_limit=http.qido_default_limit, max_limit=http.qido_max_limit)
-    if study is not None and level != "study":
-        query.include.add("0020000D")
+    query = parse_query(level, request.query_params.multi_items(),
+                        default_limit=http.qido_default_limit, max_limit=http.qido_max_limit,
+                        study_uid=study, series_uid=series)
     async with runtime.index.sessions() as session:
-        results = await search(session, query, study_uid=study, series_uid=series,
+        results = await search(session, query,
                                case_insensitive=runtime.settings.index.case_insensitive_names)
     base = base_url(request)
     for obj in results:
         obj[RETRIEVE_URL] = {"vr": "UR", "Value": [_retrieve_url(base, level, obj)]}
-    headers = {}
-    if query.warnings:
-        headers["Warning"] = ", ".join(f'299 dicomgw "{w}"' for w in query.warnings)
+    headers = {"Warning": warning_header(query.warnings)} if query.warnings else {}
     body = json.dumps([dict(sorted(o.items())) for o in results], ensure_ascii=False,
                       separators=(",", ":"))
+    # BulkDataURIs nested in sequences of instance metadata carry a placeholder for the DICOMweb root
+    body = body.replace(BULK_BASE, json.dumps(base)[1:-1])
     return maybe_gzip(request, body.encode(), media, headers=headers)
 
 

@@ -1,7 +1,8 @@
 """SQLAlchemy models of the index: studies, series, instances, and the outbox of background work.
 
-Attributes QIDO matches on are columns with indexes; everything else an instance carries is kept as
-pre-serialised DICOM JSON (``metadata_json``) so that WADO-RS metadata is a join of strings.
+Attributes QIDO matches on are columns with indexes (0003 adds those 0001 lacked); everything else an
+instance carries is kept as pre-serialised DICOM JSON (``metadata_json``) so that WADO-RS metadata is
+a join of strings.
 Person names are kept three ways: as received (DICOM PN string), case-folded (for case-insensitive
 matching) and as a space-delimited list of folded name components (for ``fuzzymatching``).
 """
@@ -38,23 +39,26 @@ class Study(Base):
     study_date: Mapped[str | None] = mapped_column(String(8), index=True)
     study_time: Mapped[str | None] = mapped_column(String(16))
     accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
-    study_id: Mapped[str | None] = mapped_column(String(16))
-    study_description: Mapped[str | None] = mapped_column(String(256))
-    referring_physician_name: Mapped[str | None] = mapped_column(String(512))
-    referring_physician_name_folded: Mapped[str | None] = mapped_column(String(512))
-    patient_name: Mapped[str | None] = mapped_column(String(512))
+    study_id: Mapped[str | None] = mapped_column(String(16), index=True)
+    study_description: Mapped[str | None] = mapped_column(String(256), index=True)
+    referring_physician_name: Mapped[str | None] = mapped_column(String(512), index=True)
+    referring_physician_name_folded: Mapped[str | None] = mapped_column(String(512), index=True)
+    patient_name: Mapped[str | None] = mapped_column(String(512), index=True)
     patient_name_folded: Mapped[str | None] = mapped_column(String(512), index=True)
     # " smith john j " : every component word, folded, space-delimited with a leading/trailing space
     patient_name_words: Mapped[str | None] = mapped_column(String(600))
     patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
-    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    patient_sex: Mapped[str | None] = mapped_column(String(16), index=True)
     # DICOM JSON members (no braces) of the study- and patient-level attributes of the first instance
     attributes_json: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), index=True
     )
+
+    # the study list, newest first, and StudyDate/StudyTime matching
+    __table_args__ = (Index("ix_studies_date_time", "study_date", "study_time"),)
 
 
 class Series(Base):
@@ -66,14 +70,21 @@ class Series(Base):
     )
     modality: Mapped[str | None] = mapped_column(String(16), index=True)
     series_number: Mapped[int | None] = mapped_column(Integer)
-    series_description: Mapped[str | None] = mapped_column(String(256))
-    series_date: Mapped[str | None] = mapped_column(String(8))
-    series_time: Mapped[str | None] = mapped_column(String(16))
-    body_part_examined: Mapped[str | None] = mapped_column(String(64))
-    performed_procedure_step_start_date: Mapped[str | None] = mapped_column(String(8))
-    performed_procedure_step_start_time: Mapped[str | None] = mapped_column(String(16))
+    series_description: Mapped[str | None] = mapped_column(String(256), index=True)
+    series_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    series_time: Mapped[str | None] = mapped_column(String(16), index=True)
+    body_part_examined: Mapped[str | None] = mapped_column(String(64), index=True)
+    performed_procedure_step_start_date: Mapped[str | None] = mapped_column(
+        String(8), index=True
+    )
+    performed_procedure_step_start_time: Mapped[str | None] = mapped_column(
+        String(16), index=True
+    )
     attributes_json: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    # the series of a study in SeriesNumber order (QIDO's series listing and SeriesNumber matching)
+    __table_args__ = (Index("ix_series_study_number", "study_instance_uid", "series_number"),)
 
 
 class Instance(Base):
@@ -87,7 +98,7 @@ class Instance(Base):
     sop_class_uid: Mapped[str] = mapped_column(UID, index=True)
     instance_number: Mapped[int | None] = mapped_column(Integer)
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
-    content_date: Mapped[str | None] = mapped_column(String(8))
+    content_date: Mapped[str | None] = mapped_column(String(8), index=True)
     content_time: Mapped[str | None] = mapped_column(String(16))
     rows: Mapped[int | None] = mapped_column(Integer)
     columns: Mapped[int | None] = mapped_column(Integer)
@@ -112,7 +123,13 @@ class Instance(Base):
     replicated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     repaired_count: Mapped[int] = mapped_column(Integer, default=0)
 
-    __table_args__ = (Index("ix_instances_study_series", "study_instance_uid", "series_instance_uid"),)
+    __table_args__ = (
+        Index("ix_instances_study_series", "study_instance_uid", "series_instance_uid"),
+        # the instances of a series in InstanceNumber order (QIDO instance listing and matching);
+        # Rows, Columns, NumberOfFrames and ContentTime are matched within a study or series scope
+        # and stay unindexed to keep ingest into the largest table lean
+        Index("ix_instances_series_number", "series_instance_uid", "instance_number"),
+    )
 
 
 class OutboxItem(Base):

@@ -1,9 +1,9 @@
 """QIDO-RS query building: PS3.4 C.2.2.2 matching of query parameters, all of it done in SQL.
 
-``parse_query`` turns the request's parameters into a ``Query`` (or raises BadRequest); ``search`` runs
-it at study, series or instance level and returns DICOM JSON objects. Computed attributes
-(ModalitiesInStudy, NumberOfStudyRelated*, ...) are aggregated for the page of results in one grouped
-query each, never per row.
+``parse_query`` turns a request's parameters into a ``Query`` (``BadRequest`` for malformed values,
+a warning for every key it ignores); ``search`` runs it at study, series or instance level and returns
+one page of DICOM JSON objects. Computed attributes (ModalitiesInStudy, NumberOfStudyRelated*, ...) are
+aggregated for the whole page in one grouped query each, never per row.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from sqlalchemy import ColumnElement, Select, and_, distinct, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, distinct, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from dicomgw.dicom.names import fold, person_name_words
 from dicomgw.dicom.parse import valid_uid
@@ -25,26 +27,36 @@ from dicomgw.errors import BadRequest
 from dicomgw.index.models import Instance, Series, Study
 
 Level = Literal["study", "series", "instance"]
-Kind = Literal["uid", "str", "pn", "date", "time", "int", "computed"]
+# uid: list matching only; cs: code strings (lists, wildcards); str: other strings; pn: person names;
+# date/time: single values and ranges; int: IS values; computed: aggregated over lower levels
+Kind = Literal["uid", "cs", "str", "pn", "date", "time", "int", "computed"]
 LEVELS: tuple[Level, ...] = ("study", "series", "instance")
+RETRIEVE_URL = "00081190"
+TRUNCATED = ("The number of results exceeded the maximum supported by the server. "
+             "Additional results can be requested.")
 
 
 @dataclass(frozen=True)
 class Attr:
+    """A matching key: the attribute, the level it belongs to, how it matches, and its column(s)."""
+
     keyword: str
     level: Level
     kind: Kind
     column: Any = None
     folded: Any = None  # PN: case-folded column
-    words: Any = None  # PN: component-words column (fuzzy matching)
+    words: Any = None  # PN: folded component words, for fuzzy matching
 
     @property
     def tag(self) -> str:
-        return f"{int(tag_for_keyword(self.keyword)):08X}"  # type: ignore[arg-type]
+        return _tag_hex(self.keyword)
 
-    @property
-    def vr(self) -> str:
-        return str(dictionary_VR(self.tag))
+
+def _tag_hex(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # pragma: no cover - a typo in the tables of this module
+        raise KeyError(keyword)
+    return f"{int(tag):08X}"
 
 
 _ATTRS = [
@@ -56,7 +68,7 @@ _ATTRS = [
     Attr("StudyDescription", "study", "str", Study.study_description),
     Attr("PatientID", "study", "str", Study.patient_id),
     Attr("PatientBirthDate", "study", "date", Study.patient_birth_date),
-    Attr("PatientSex", "study", "str", Study.patient_sex),
+    Attr("PatientSex", "study", "cs", Study.patient_sex),
     Attr("PatientName", "study", "pn", Study.patient_name, Study.patient_name_folded,
          Study.patient_name_words),
     Attr("ReferringPhysicianName", "study", "pn", Study.referring_physician_name,
@@ -66,12 +78,12 @@ _ATTRS = [
     Attr("NumberOfStudyRelatedSeries", "study", "computed"),
     Attr("NumberOfStudyRelatedInstances", "study", "computed"),
     Attr("SeriesInstanceUID", "series", "uid", Series.series_instance_uid),
-    Attr("Modality", "series", "str", Series.modality),
+    Attr("Modality", "series", "cs", Series.modality),
     Attr("SeriesNumber", "series", "int", Series.series_number),
     Attr("SeriesDescription", "series", "str", Series.series_description),
     Attr("SeriesDate", "series", "date", Series.series_date),
     Attr("SeriesTime", "series", "time", Series.series_time),
-    Attr("BodyPartExamined", "series", "str", Series.body_part_examined),
+    Attr("BodyPartExamined", "series", "cs", Series.body_part_examined),
     Attr("PerformedProcedureStepStartDate", "series", "date",
          Series.performed_procedure_step_start_date),
     Attr("PerformedProcedureStepStartTime", "series", "time",
@@ -89,7 +101,7 @@ _ATTRS = [
 ATTRS: dict[str, Attr] = {a.tag: a for a in _ATTRS}
 
 # PS3.18 Tables 10.6.3-3/4/5: returned whatever includefield says
-DEFAULTS: dict[Level, list[str]] = {
+_DEFAULT_KEYWORDS: dict[Level, list[str]] = {
     "study": ["SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber",
               "InstanceAvailability", "ModalitiesInStudy", "ReferringPhysicianName",
               "TimezoneOffsetFromUTC", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
@@ -103,14 +115,21 @@ DEFAULTS: dict[Level, list[str]] = {
                  "TimezoneOffsetFromUTC", "StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber",
                  "Rows", "Columns", "BitsAllocated", "NumberOfFrames"],
 }
-RETRIEVE_URL = "00081190"
-_DATE = re.compile(r"^\d{8}$")
-_TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+DEFAULTS: dict[Level, frozenset[str]] = {
+    level: frozenset(_tag_hex(k) for k in keywords) for level, keywords in _DEFAULT_KEYWORDS.items()
+}
+_STUDY_COMPUTED = {_tag_hex(k) for k in ("ModalitiesInStudy", "SOPClassesInStudy",
+                                         "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")}
+_SOP_CLASSES_IN_STUDY = _tag_hex("SOPClassesInStudy")
+_SERIES_COUNT = _tag_hex("NumberOfSeriesRelatedInstances")
+_DATE = re.compile(r"\d{8}")
+_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+_HEX_TAG = re.compile(r"[0-9A-Fa-f]{8}")
 
 
 def tag_of(key: str) -> str | None:
     """'PatientName' or '00100010' (any case) -> '00100010'; None if it names no attribute."""
-    if re.fullmatch(r"[0-9A-Fa-f]{8}", key):
+    if _HEX_TAG.fullmatch(key):
         return key.upper()
     tag = tag_for_keyword(key)
     return f"{int(tag):08X}" if tag is not None else None
@@ -118,91 +137,158 @@ def tag_of(key: str) -> str | None:
 
 @dataclass
 class Query:
+    """A validated QIDO-RS request: level, path scope, matching keys and what to return."""
+
     level: Level
+    study_uid: str | None = None
+    series_uid: str | None = None
     filters: list[tuple[Attr, str]] = field(default_factory=list)
     include_all: bool = False
     include: set[str] = field(default_factory=set)
     fuzzy: bool = False
     limit: int = 1000
     offset: int = 0
+    # the server chose the page size (no limit, or more than the maximum): say so when results remain
+    limit_capped: bool = True
     warnings: list[str] = field(default_factory=list)
 
+    def returned_tags(self) -> frozenset[str]:
+        """Default attributes of the level (PS3.18 10.6.3.3), of the levels above when the path does
+        not name them, and every includefield / matching key."""
+        tags = set(DEFAULTS[self.level]) | self.include
+        if self.level != "study" and self.study_uid is None:
+            tags |= DEFAULTS["study"]
+        if self.level == "instance" and self.series_uid is None:
+            tags |= DEFAULTS["series"]
+        return frozenset(tags)
 
-def _int_param(name: str, value: str) -> int:
-    if not value.isdigit():
+    def wants(self, tag: str) -> bool:
+        return self.include_all or tag in self.returned_tags()
+
+
+# ---- parsing ---------------------------------------------------------------------------------
+def parse_query(level: Level, params: Iterable[tuple[str, str]], *, default_limit: int,
+                max_limit: int, study_uid: str | None = None,
+                series_uid: str | None = None) -> Query:
+    """Validate and classify the query parameters of a QIDO-RS request."""
+    for path_uid in (study_uid, series_uid):
+        if path_uid is not None and not valid_uid(path_uid):
+            raise BadRequest("a UID in the path is not a valid UID")
+    query = Query(level=level, study_uid=study_uid, series_uid=series_uid, limit=default_limit)
+    for key, value in params:
+        if key == "limit":
+            _set_limit(query, value, max_limit)
+        elif key == "offset":
+            query.offset = _non_negative(key, value)
+        elif key == "fuzzymatching":
+            if value.strip().lower() not in ("true", "false"):
+                raise BadRequest("fuzzymatching must be true or false")
+            query.fuzzy = value.strip().lower() == "true"
+        elif key == "includefield":
+            _add_includefield(query, value)
+        else:
+            _add_filter(query, key, value)
+    return query
+
+
+def _non_negative(name: str, value: str) -> int:
+    if not value.strip().isdigit():
         raise BadRequest(f"{name} must be a non-negative integer")
     return int(value)
 
 
-def parse_query(level: Level, params: Sequence[tuple[str, str]], *, default_limit: int,
-                max_limit: int) -> Query:
-    """Validate and classify the query parameters of a QIDO-RS request."""
-    query = Query(level=level, limit=default_limit)
-    allowed_levels = LEVELS[: LEVELS.index(level) + 1]
-    for key, value in params:
-        if key == "limit":
-            query.limit = min(_int_param(key, value), max_limit)
-        elif key == "offset":
-            query.offset = _int_param(key, value)
-        elif key == "fuzzymatching":
-            if value.lower() not in ("true", "false"):
-                raise BadRequest("fuzzymatching must be true or false")
-            query.fuzzy = value.lower() == "true"
-        elif key == "includefield":
-            for item in filter(None, (v.strip() for v in value.split(","))):
-                if item == "all":
-                    query.include_all = True
-                    continue
-                tag = tag_of(item)
-                if tag is None:
-                    raise BadRequest(f"includefield names no attribute: {item}")
-                query.include.add(tag)
+def _set_limit(query: Query, value: str, max_limit: int) -> None:
+    limit = _non_negative("limit", value)
+    if limit == 0:  # no limit asked for: the server's page size, as when the parameter is absent
+        return
+    query.limit = min(limit, max_limit)
+    query.limit_capped = limit > max_limit
+
+
+def _add_includefield(query: Query, value: str) -> None:
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        if item == "all":
+            query.include_all = True
+            continue
+        tag = tag_of(item)
+        if tag is None:
+            query.warnings.append(f"includefield {item} names no attribute and was ignored")
         else:
-            _add_filter(query, key, value, allowed_levels)
-    return query
+            query.include.add(tag)
 
 
-def _add_filter(query: Query, key: str, value: str, allowed: Sequence[Level]) -> None:
+def _add_filter(query: Query, key: str, value: str) -> None:
     tag = tag_of(key)
     if tag is None:
-        if "." in key:
-            query.warnings.append(f"sequence matching is not supported: {key}")
-            return
-        raise BadRequest(f"unknown query key: {key}")
+        why = "sequence matching is not supported" if "." in key else "it names no attribute"
+        query.warnings.append(f"The following key was ignored ({why}): {key}")
+        return
+    query.include.add(tag)  # attributes used as matching keys are returned (PS3.18 10.6.3.3)
     attr = ATTRS.get(tag)
+    allowed = LEVELS[: LEVELS.index(query.level) + 1]
     if attr is None or attr.level not in allowed or (attr.kind == "computed" and attr.column is None):
-        query.warnings.append(f"{keyword_for_tag(int(tag, 16)) or tag} is not a supported "
-                              f"matching key at {query.level} level and was ignored")
-        # still return it, as PS3.18 asks for attributes used as keys
-        query.include.add(tag)
+        name = keyword_for_tag(int(tag, 16)) or tag
+        query.warnings.append(f"The following key was ignored (not a matching key at "
+                              f"{query.level} level): {name}")
         return
-    if value == "":
-        query.include.add(tag)  # universal matching: return the attribute
-        return
+    if value == "" or set(value) == {"*"}:
+        return  # universal matching (PS3.4 C.2.2.2.3): every entity, attribute returned
     _validate(attr, value)
     query.filters.append((attr, value))
-    query.include.add(tag)
+
+
+def _values(attr: Attr, value: str) -> list[str]:
+    """The values of a value list: backslash-separated, or comma-separated for UIDs and code strings
+    (PS3.18 8.3.4.1), which cannot contain commas."""
+    listed = attr.kind in ("uid", "cs") or attr.keyword in ("ModalitiesInStudy", "SOPClassesInStudy")
+    strip = attr.kind in ("uid", "int") or attr.keyword == "SOPClassesInStudy"
+    return [v.strip() if strip else v for v in re.split(r"[\\,]" if listed else r"\\", value)
+            if v.strip()]
 
 
 def _validate(attr: Attr, value: str) -> None:
-    if attr.kind == "uid":
-        for uid in value.split("\\"):
-            if not valid_uid(uid.strip()):
-                raise BadRequest(f"{attr.keyword} has a malformed UID")
-    elif attr.kind in ("date", "time"):
-        pattern = _DATE if attr.kind == "date" else _TIME
-        lo, sep, hi = value.partition("-")
-        if not sep:
-            lo = hi = value
-        if (lo and not pattern.match(lo)) or (hi and not pattern.match(hi)) or not (lo or hi):
-            raise BadRequest(f"{attr.keyword} must be a {attr.kind} or a {attr.kind} range")
+    if attr.kind == "uid" or attr.keyword == "SOPClassesInStudy":
+        if not all(valid_uid(uid) for uid in _values(attr, value)):
+            raise BadRequest(f"{attr.keyword} has a malformed UID")
+    elif attr.kind == "date":
+        _validate_range(attr, value, _valid_date)
+    elif attr.kind == "time":
+        _validate_range(attr, value, _TIME.fullmatch)
     elif attr.kind == "int":
-        if not re.fullmatch(r"-?\d+", value.strip()):
+        if not all(re.fullmatch(r"[+-]?\d+", v) for v in _values(attr, value)):
             raise BadRequest(f"{attr.keyword} must be an integer")
 
 
-def _like(value: str) -> str:
-    """A DICOM wildcard pattern as a LIKE pattern (escape character '\\')."""
+def _valid_date(text: str) -> bool:
+    if not _DATE.fullmatch(text):
+        return False
+    try:
+        datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
+
+
+def _validate_range(attr: Attr, value: str, valid: Any) -> None:
+    lo, sep, hi = value.partition("-")
+    if not sep:
+        lo = hi = value
+    if not (lo or hi) or (lo and not valid(lo)) or (hi and not valid(hi)):
+        raise BadRequest(f"{attr.keyword} must be a {attr.kind} or a {attr.kind} range "
+                         f"({'YYYYMMDD' if attr.kind == 'date' else 'HHMMSS.FFFFFF'}, a-b, a-, -b)")
+    if attr.kind == "date" and lo and hi and lo > hi:
+        raise BadRequest(f"{attr.keyword} range ends before it starts")
+
+
+# ---- matching --------------------------------------------------------------------------------
+def has_wildcards(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+def like_pattern(value: str) -> str:
+    """A DICOM wildcard pattern as a LIKE pattern with escape character '\\' (PS3.4 C.2.2.2.4)."""
     out = []
     for ch in value:
         if ch == "*":
@@ -216,208 +302,254 @@ def _like(value: str) -> str:
     return "".join(out)
 
 
-def _string_match(column: Any, value: str) -> ColumnElement[bool]:
-    if "*" in value or "?" in value:
-        if value.strip("*") == "":
-            return column.is_not(None) | column.is_(None)  # '*' matches everything
-        return column.like(_like(value), escape="\\")
-    return column == value
+def string_match(column: Any, value: str) -> ColumnElement[bool]:
+    """Single value matching, or wildcard matching when the value holds '*' or '?'."""
+    if not has_wildcards(value):
+        return column == value  # type: ignore[no-any-return]
+    if set(value) == {"*"}:
+        return true()
+    return column.like(like_pattern(value), escape="\\")  # type: ignore[no-any-return]
 
 
-def _pn_match(attr: Attr, value: str, fuzzy: bool, case_insensitive: bool) -> ColumnElement[bool]:
-    if fuzzy and attr.words is not None:
-        words = (person_name_words(value.replace("*", "").replace("?", "")) or "").split()
-        if not words:
-            return attr.words.is_not(None) | attr.words.is_(None)
-        return and_(*(attr.words.like(f"% {_like(w)}%", escape="\\") for w in words))
-    column = attr.folded if case_insensitive else attr.column
-    text = fold(value) if case_insensitive else value
-    if text.strip("*") == "" and "*" in text:
-        return column.is_not(None) | column.is_(None)
-    pattern = _like(text)
-    # A PN value is up to three component groups (alphabetic=ideographic=phonetic): match any group
+def _pn_group_match(column: Any, text: str) -> ColumnElement[bool]:
+    """A PN value is up to three component groups (alphabetic=ideographic=phonetic): match any."""
+    if set(text) == {"*"}:
+        return true()
+    pattern = like_pattern(text)
+    whole = column.like(pattern, escape="\\") if has_wildcards(text) else column == text
     return or_(
-        column.like(pattern, escape="\\"),
+        whole,
         column.like(pattern + "=%", escape="\\"),
         column.like("%=" + pattern, escape="\\"),
         column.like("%=" + pattern + "=%", escape="\\"),
     )
 
 
-def _range(column: Any, value: str, kind: str) -> ColumnElement[bool]:
+def _fuzzy_match(attr: Attr, value: str) -> ColumnElement[bool]:
+    """fuzzymatching=true: every word of the value starts some component of the name, any case."""
+    words = (person_name_words(value.replace("*", " ").replace("?", " ")) or "").split()
+    if not words:
+        return true()
+    if attr.words is not None:
+        return and_(*(attr.words.like(f"% {like_pattern(w)}%", escape="\\") for w in words))
+    column = attr.folded
+    return and_(*(
+        or_(*(column.like(f"{lead}{like_pattern(w)}%", escape="\\")
+              for lead in ("", "%^", "% ", "%=")))
+        for w in words
+    ))
+
+
+def _pn_match(attr: Attr, value: str, fuzzy: bool, case_insensitive: bool) -> ColumnElement[bool]:
+    if fuzzy:
+        return _fuzzy_match(attr, value)
+    if case_insensitive:
+        return _pn_group_match(attr.folded, fold(value))
+    return _pn_group_match(attr.column, value)
+
+
+def range_match(column: Any, value: str, kind: str) -> ColumnElement[bool]:
+    """Date or time single value / range matching (PS3.4 C.2.2.2.5): 'a-b', 'a-', '-b'.
+
+    Times compare as strings of their components; a bound given to the hour or minute covers that
+    whole hour or minute, and a single time value matches every time that begins with it.
+    """
     lo, sep, hi = value.partition("-")
     if not sep:
-        return column == value if kind == "date" else column.like(_like(value) + "%", escape="\\")
+        if kind == "date":
+            return column == value  # type: ignore[no-any-return]
+        return column.like(like_pattern(value) + "%", escape="\\")  # type: ignore[no-any-return]
     clauses = []
     if lo:
         clauses.append(column >= lo)
     if hi:
-        clauses.append(column <= (hi if kind == "date" else (hi + "595959.999999"[len(hi):])))
+        clauses.append(column <= (hi if kind == "date" else hi + "595959.999999"[len(hi):]))
     return and_(*clauses)
 
 
-def _condition(attr: Attr, value: str, query: Query, case_insensitive: bool) -> ColumnElement[bool]:
+def _modalities_in_study(value: str) -> ColumnElement[bool]:
+    # a semi-join the planner can start from the modality index; not correlated, so it is right at
+    # series level too, where the outer query has a Series of its own
+    modalities = _values(ATTRS_BY_KEYWORD["ModalitiesInStudy"], value)
+    return Study.study_instance_uid.in_(
+        select(Series.study_instance_uid)
+        .where(or_(*(string_match(Series.modality, m) for m in modalities))).correlate(None))
+
+
+def _sop_classes_in_study(value: str) -> ColumnElement[bool]:
+    classes = _values(ATTRS_BY_KEYWORD["SOPClassesInStudy"], value)
+    return Study.study_instance_uid.in_(
+        select(Instance.study_instance_uid).where(Instance.sop_class_uid.in_(classes))
+        .correlate(None))
+
+
+def condition(attr: Attr, value: str, *, fuzzy: bool = False,
+              case_insensitive: bool = True) -> ColumnElement[bool]:
+    """The SQL condition of one matching key."""
     if attr.keyword == "ModalitiesInStudy":
-        modalities = [m for m in value.split("\\") if m]
-        return exists().where(
-            Series.study_instance_uid == Study.study_instance_uid,
-            or_(*(_string_match(Series.modality, m) for m in modalities)),
-        )
+        return _modalities_in_study(value)
     if attr.keyword == "SOPClassesInStudy":
-        return exists().where(Instance.study_instance_uid == Study.study_instance_uid,
-                              Instance.sop_class_uid.in_(value.split("\\")))
+        return _sop_classes_in_study(value)
+    values = _values(attr, value)
     if attr.kind == "uid":
-        return attr.column.in_([v.strip() for v in value.split("\\")])
-    if attr.kind == "pn":
-        return _pn_match(attr, value, query.fuzzy, case_insensitive)
-    if attr.kind in ("date", "time"):
-        return _range(attr.column, value, attr.kind)
+        return attr.column.in_(values)  # type: ignore[no-any-return]
     if attr.kind == "int":
-        return attr.column == int(value)
-    if "\\" in value:  # value list (PS3.4 C.2.2.2.1 allows it for several VRs)
-        return or_(*(_string_match(attr.column, v) for v in value.split("\\")))
-    return _string_match(attr.column, value)
+        return attr.column.in_([int(v) for v in values])  # type: ignore[no-any-return]
+    if attr.kind in ("date", "time"):
+        return range_match(attr.column, value, attr.kind)
+    if attr.kind == "pn":
+        return or_(*(_pn_match(attr, v, fuzzy, case_insensitive) for v in values))
+    return or_(*(string_match(attr.column, v) for v in values))
 
 
-def build(query: Query, *, study_uid: str | None = None, series_uid: str | None = None,
-          case_insensitive: bool = True) -> Select[Any]:
-    """The SELECT for one page of results at the query's level, filters and path scope applied."""
+def build(query: Query, *, case_insensitive: bool = True) -> Select[*tuple[Any, ...]]:
+    """The SELECT of one page of results (one row more, to tell whether more remain)."""
+    stmt: Select[*tuple[Any, ...]]
+    order: list[Any]
     if query.level == "study":
         stmt = select(Study)
-        order = [Study.study_date.desc(), Study.study_time.desc(), Study.study_instance_uid]
+        order = [Study.study_date.desc().nulls_last(), Study.study_time.desc().nulls_last(),
+                 Study.study_instance_uid]
     elif query.level == "series":
         stmt = select(Series, Study).join(Study, Series.study_instance_uid == Study.study_instance_uid)
-        order = [Series.study_instance_uid, Series.series_number, Series.series_instance_uid]
+        order = [Series.study_instance_uid, Series.series_number.asc().nulls_last(),
+                 Series.series_instance_uid]
     else:
         stmt = (select(Instance, Series, Study)
                 .join(Series, Instance.series_instance_uid == Series.series_instance_uid)
-                .join(Study, Instance.study_instance_uid == Study.study_instance_uid))
-        order = [Instance.series_instance_uid, Instance.instance_number, Instance.sop_instance_uid]
+                .join(Study, Instance.study_instance_uid == Study.study_instance_uid)
+                .options(defer(Instance.layout_json)))
+        order = [Instance.study_instance_uid, Instance.series_instance_uid,
+                 Instance.instance_number.asc().nulls_last(), Instance.sop_instance_uid]
     conditions: list[ColumnElement[bool]] = []
-    if study_uid is not None:
-        conditions.append(Study.study_instance_uid == study_uid)
-    if series_uid is not None:
-        conditions.append(Series.series_instance_uid == series_uid)
-    for attr, value in query.filters:
-        conditions.append(_condition(attr, value, query, case_insensitive))
+    if query.study_uid is not None:
+        conditions.append(Study.study_instance_uid == query.study_uid)
+    if query.series_uid is not None:
+        conditions.append(Series.series_instance_uid == query.series_uid)
+    conditions += [condition(attr, value, fuzzy=query.fuzzy, case_insensitive=case_insensitive)
+                   for attr, value in query.filters]
     if conditions:
         stmt = stmt.where(and_(*conditions))
-    return stmt.order_by(*order).limit(query.limit).offset(query.offset)
+    return stmt.order_by(*order).limit(query.limit + 1).offset(query.offset)
 
 
 # ---- results ---------------------------------------------------------------------------------
 def _element(keyword: str, value: Any) -> dict[str, Any]:
-    tag = tag_for_keyword(keyword)
-    vr = str(dictionary_VR(tag))
+    vr = str(dictionary_VR(keyword))
     if value is None or value == "" or value == []:
         return {"vr": vr}
-    values = value if isinstance(value, list) else [value]
-    return {"vr": vr, "Value": values}
+    return {"vr": vr, "Value": value if isinstance(value, list) else [value]}
 
 
 def _members(text: str) -> dict[str, Any]:
-    return json.loads("{" + text + "}") if text else {}
+    result: dict[str, Any] = json.loads("{" + text + "}") if text else {}
+    return result
 
 
-def _select_tags(query: Query, available: dict[str, Any]) -> dict[str, Any]:
-    wanted = {f"{int(tag_for_keyword(k)):08X}" for k in DEFAULTS[query.level]} | query.include
+async def search(session: AsyncSession, query: Query, *,
+                 case_insensitive: bool = True) -> list[dict[str, Any]]:
+    """One page of results: DICOM JSON objects without RetrieveURL (the caller knows the base URL).
+
+    When more results remain and the server chose the page size, a PS3.18 8.3.4.4 warning is added to
+    ``query.warnings``.
+    """
+    rows = list((await session.execute(build(query, case_insensitive=case_insensitive))).all())
+    if len(rows) > query.limit:
+        rows = rows[: query.limit]
+        if query.limit_capped:
+            query.warnings.append(TRUNCATED)
+    if not rows:
+        return []
+    studies = await _study_aggregates(session, query, {r[-1].study_instance_uid for r in rows})
+    series_counts: dict[str, int] = {}
+    if query.level != "study" and query.wants(_SERIES_COUNT):
+        series_counts = await _series_counts(session, {r[0 if query.level == "series" else 1]
+                                                       .series_instance_uid for r in rows})
+    results = []
+    for row in rows:
+        attrs = _study_attrs(row[-1], studies)
+        if query.level != "study":
+            series: Series = row[0] if query.level == "series" else row[1]
+            attrs.update(_series_attrs(series, series_counts))
+        if query.level == "instance":
+            attrs.update(_instance_attrs(row[0]))
+        results.append(_select(query, attrs))
+    return results
+
+
+def _select(query: Query, available: dict[str, Any]) -> dict[str, Any]:
     if query.include_all:
         return dict(sorted(available.items()))
+    wanted = query.returned_tags()
     return {tag: available[tag] for tag in sorted(wanted) if tag in available}
 
 
-async def search(session: AsyncSession, query: Query, *, study_uid: str | None = None,
-                 series_uid: str | None = None, case_insensitive: bool = True) -> list[dict[str, Any]]:
-    """Run the query; DICOM JSON objects without RetrieveURL (the caller knows the base URL)."""
-    stmt = build(query, study_uid=study_uid, series_uid=series_uid, case_insensitive=case_insensitive)
-    rows = (await session.execute(stmt)).all()
-    if not rows:
-        return []
-    if query.level == "study":
-        return await _study_results(session, query, [r[0] for r in rows])
-    if query.level == "series":
-        return await _series_results(session, query, [(r[0], r[1]) for r in rows])
-    return _instance_results(query, [(r[0], r[1], r[2]) for r in rows])
+async def _study_aggregates(session: AsyncSession, query: Query,
+                            uids: set[str]) -> dict[str, dict[str, Any]]:
+    """Computed study attributes of every study of the page, one grouped query per attribute."""
+    if not any(query.wants(tag) for tag in _STUDY_COMPUTED):
+        return {}
+    wanted = list(uids)
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    counts = await session.execute(
+        select(Instance.study_instance_uid, func.count(distinct(Instance.series_instance_uid)),
+               func.count()).where(Instance.study_instance_uid.in_(wanted))
+        .group_by(Instance.study_instance_uid))
+    for uid, n_series, n_instances in counts.all():
+        out[uid]["00201206"] = _element("NumberOfStudyRelatedSeries", n_series)
+        out[uid]["00201208"] = _element("NumberOfStudyRelatedInstances", n_instances)
+    modalities = await _grouped_values(session, Series.study_instance_uid, Series.modality, wanted)
+    classes = (await _grouped_values(session, Instance.study_instance_uid, Instance.sop_class_uid,
+                                     wanted) if query.wants(_SOP_CLASSES_IN_STUDY) else None)
+    for uid in wanted:
+        out[uid]["00080061"] = _element("ModalitiesInStudy", modalities.get(uid))
+        if classes is not None:
+            out[uid][_SOP_CLASSES_IN_STUDY] = _element("SOPClassesInStudy", classes.get(uid))
+    return out
 
 
-def _study_attrs(study: Study) -> dict[str, Any]:
+async def _grouped_values(session: AsyncSession, key: Any, column: Any,
+                          uids: list[str]) -> dict[str, list[str]]:
+    """The distinct values of ``column`` per ``key`` (sorted), for the given keys, in one query."""
+    grouped: dict[str, list[str]] = defaultdict(list)
+    rows = await session.execute(select(key, column).where(key.in_(uids), column.is_not(None))
+                                 .distinct().order_by(key, column))
+    for uid, value in rows.all():
+        grouped[uid].append(value)
+    return grouped
+
+
+async def _series_counts(session: AsyncSession, uids: set[str]) -> dict[str, int]:
+    rows = await session.execute(
+        select(Instance.series_instance_uid, func.count())
+        .where(Instance.series_instance_uid.in_(list(uids))).group_by(Instance.series_instance_uid))
+    return {uid: count for uid, count in rows.all()}
+
+
+def _study_attrs(study: Study, aggregates: dict[str, dict[str, Any]]) -> dict[str, Any]:
     attrs = _members(study.attributes_json)
     attrs["0020000D"] = _element("StudyInstanceUID", study.study_instance_uid)
     attrs["00080056"] = _element("InstanceAvailability", "ONLINE")
+    attrs.update(aggregates.get(study.study_instance_uid, {}))
     return attrs
 
 
-async def _study_results(session: AsyncSession, query: Query, studies: list[Study]) -> list[dict[str, Any]]:
-    uids = [s.study_instance_uid for s in studies]
-    counts = {
-        uid: (n_series, n_instances)
-        for uid, n_series, n_instances in (await session.execute(
-            select(Instance.study_instance_uid, func.count(distinct(Instance.series_instance_uid)),
-                   func.count()).where(Instance.study_instance_uid.in_(uids))
-            .group_by(Instance.study_instance_uid)
-        )).all()
-    }
-    modalities: dict[str, list[str]] = defaultdict(list)
-    for uid, modality in (await session.execute(
-        select(Series.study_instance_uid, Series.modality).where(Series.study_instance_uid.in_(uids))
-        .where(Series.modality.is_not(None)).distinct().order_by(Series.modality)
-    )).all():
-        modalities[uid].append(modality)
-    classes: dict[str, list[str]] = defaultdict(list)
-    wants_classes = query.include_all or ATTRS_BY_KEYWORD["SOPClassesInStudy"].tag in query.include
-    if wants_classes:
-        for uid, sop_class in (await session.execute(
-            select(Instance.study_instance_uid, Instance.sop_class_uid)
-            .where(Instance.study_instance_uid.in_(uids)).distinct().order_by(Instance.sop_class_uid)
-        )).all():
-            classes[uid].append(sop_class)
-    results = []
-    for study in studies:
-        attrs = _study_attrs(study)
-        n_series, n_instances = counts.get(study.study_instance_uid, (0, 0))
-        attrs["00080061"] = _element("ModalitiesInStudy", modalities.get(study.study_instance_uid))
-        attrs["00201206"] = _element("NumberOfStudyRelatedSeries", n_series)
-        attrs["00201208"] = _element("NumberOfStudyRelatedInstances", n_instances)
-        if wants_classes:
-            attrs["00080062"] = _element("SOPClassesInStudy", classes.get(study.study_instance_uid))
-        results.append(_select_tags(query, attrs))
-    return results
+def _series_attrs(series: Series, counts: dict[str, int]) -> dict[str, Any]:
+    attrs = _members(series.attributes_json)
+    attrs["0020000D"] = _element("StudyInstanceUID", series.study_instance_uid)
+    attrs["0020000E"] = _element("SeriesInstanceUID", series.series_instance_uid)
+    attrs[_SERIES_COUNT] = _element("NumberOfSeriesRelatedInstances",
+                                    counts.get(series.series_instance_uid, 0))
+    return attrs
 
 
-async def _series_results(session: AsyncSession, query: Query,
-                          rows: list[tuple[Series, Study]]) -> list[dict[str, Any]]:
-    uids = [series.series_instance_uid for series, _ in rows]
-    counts = dict((await session.execute(
-        select(Instance.series_instance_uid, func.count())
-        .where(Instance.series_instance_uid.in_(uids)).group_by(Instance.series_instance_uid)
-    )).all())
-    results = []
-    for series, study in rows:
-        attrs = _study_attrs(study) if (query.include_all or query.include) else {}
-        attrs.update(_members(series.attributes_json))
-        attrs["0020000D"] = _element("StudyInstanceUID", series.study_instance_uid)
-        attrs["0020000E"] = _element("SeriesInstanceUID", series.series_instance_uid)
-        attrs["00201209"] = _element("NumberOfSeriesRelatedInstances",
-                                     counts.get(series.series_instance_uid, 0))
-        results.append(_select_tags(query, attrs))
-    return results
-
-
-def _instance_results(query: Query, rows: list[tuple[Instance, Series, Study]]) -> list[dict[str, Any]]:
-    results = []
-    for instance, series, study in rows:
-        attrs = _study_attrs(study) if (query.include_all or query.include) else {}
-        attrs.update(_members(series.attributes_json))
-        attrs.update(json.loads(instance.metadata_json))
-        attrs["00080056"] = _element("InstanceAvailability", "ONLINE")
-        attrs["00083002"] = _element("AvailableTransferSyntaxUID", instance.transfer_syntax_uid)
-        if not query.include_all:
-            # bulk data is never part of a QIDO answer unless everything was asked for
-            attrs = {t: v for t, v in attrs.items() if "BulkDataURI" not in v}
-        else:
-            attrs = {t: v for t, v in attrs.items() if "BulkDataURI" not in v and "InlineBinary" not in v}
-        results.append(_select_tags(query, attrs))
-    return results
+def _instance_attrs(instance: Instance) -> dict[str, Any]:
+    attrs: dict[str, Any] = json.loads(instance.metadata_json)
+    # bulk data (pixel data, overlays, ...) is for WADO-RS, never part of a QIDO-RS answer
+    attrs = {t: v for t, v in attrs.items() if "BulkDataURI" not in v and "InlineBinary" not in v}
+    attrs["00080056"] = _element("InstanceAvailability", "ONLINE")
+    attrs["00083002"] = _element("AvailableTransferSyntaxUID", instance.transfer_syntax_uid)
+    return attrs
 
 
 ATTRS_BY_KEYWORD = {a.keyword: a for a in _ATTRS}
