@@ -44,6 +44,12 @@ COPY --from=build /src/.venv /app/.venv
 HEALTHCHECK NONE
 CMD ["dicomgw-worker", "worker"]
 
+FROM runtime AS dimse
+COPY --from=build /src/.venv /app/.venv
+HEALTHCHECK NONE
+EXPOSE 11112
+CMD ["dicomgw-dimse", "--host", "0.0.0.0", "--port", "11112"]
+
 FROM runtime AS gateway
 COPY --from=build /src/.venv /app/.venv
 CMD ["dicomgw", "serve", "--host", "0.0.0.0"]

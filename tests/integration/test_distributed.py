@@ -217,3 +217,20 @@ def test_concurrent_stow_of_one_instance_keeps_one_copy(stack: Stack) -> None:
 
 def test_make_down_stops_a_stack_started_elsewhere(tmp_path: Path) -> None:
     assert Stack.down_from(tmp_path) == 0  # nothing running there: nothing to stop
+
+
+def test_dimse_front_door_of_the_stack_stores_into_minio(stack: Stack) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    from tests.dicomdata import make_dataset
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", stack.config.dimse_port, ae_title="DICOMGW")
+    assert assoc.is_established
+    ds = make_dataset()
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    found = httpx.get(f"{stack.config.url}/studies/{ds.StudyInstanceUID}/instances").json()
+    assert [i["00080018"]["Value"][0] for i in found] == [ds.SOPInstanceUID]

@@ -59,7 +59,8 @@ def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
 def test_every_workload_is_hardened_with_resources_and_probes(values: list[str]) -> None:
     docs = render(*values)
     specs = _pod_specs(docs)
-    assert len(specs) == 8  # ingest, query, retrieve, worker, beat, relay, migrations, smoke test
+    # ingest, query, retrieve, dimse, worker, beat, relay, migrations, smoke test
+    assert len(specs) == 9
     for name, spec in specs:
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name

@@ -46,6 +46,7 @@ class StackConfig:
     query_port: int = 8082
     retrieve_port: int = 8083
     worker_metrics_port: int = 9808
+    dimse_port: int = 11112
     minio_user: str = field(default_factory=lambda: os.environ.get("MINIO_ROOT_USER", "minioadmin"))
     minio_password: str = field(
         default_factory=lambda: os.environ.get("MINIO_ROOT_PASSWORD", "minioadmin"))
@@ -220,6 +221,18 @@ class Stack:
         self._spawn("beat", [str(BIN / "dicomgw-worker"), "beat", f"--schedule={schedule}"], env)
         self._spawn("relay", [str(BIN / "dicomgw-worker"), "relay"], env)
 
+    def start_dimse(self) -> None:
+        """The DIMSE front door (C-STORE SCP), for PACS that forward only by DICOM networking."""
+        port = self.config.dimse_port
+        proc = self._spawn("dimse", [str(BIN / "dicomgw-dimse"), "--host", "127.0.0.1", "--port",
+                                     str(port)], self.config.service_env())
+
+        def listening() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+
+        _wait(listening, "dimse", proc, self.log("dimse"))
+
     def start_router(self) -> None:
         c = self.config
         conf = TEMPLATE.read_text()
@@ -247,6 +260,7 @@ class Stack:
             self.start_service("query", self.config.query_port)
             self.start_service("retrieve", self.config.retrieve_port)
             self.start_worker_tier()
+            self.start_dimse()
             self.start_router()
         except BaseException:
             self.down()
@@ -311,6 +325,6 @@ def main(action: str, run_dir: Path) -> int:
     config = StackConfig(run_dir=run_dir)
     stack = Stack(config)
     stack.up()
-    print(f"dicomgw stack up: DICOMweb at {config.url}  (logs in {stack.run_dir / 'logs'}; "
-          "`make down` stops it)")
+    print(f"dicomgw stack up: DICOMweb at {config.url}, DIMSE (AE DICOMGW) at 127.0.0.1:"
+          f"{config.dimse_port}  (logs in {stack.run_dir / 'logs'}; `make down` stops it)")
     return 0
