@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from dicomgw.dicom.frames import PixelDataUndecodable
 from dicomgw.dicom.parse import BULK_BASE, valid_uid
-from dicomgw.dicom.render import parse_options, render
+from dicomgw.dicom.render import RenderOptions, parse_options
 from dicomgw.errors import BadRequest, NotAcceptable, NotFound
 from dicomgw.index.repository import InstanceRecord
 from dicomgw.web.deps import RuntimeDep, base_url
-from dicomgw.web.media import EXPLICIT_VR_LITTLE_ENDIAN, maybe_gzip, parse_accept
+from dicomgw.web.media import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    MediaRange,
+    accepts_gzip,
+    gzip_stream,
+    parse_accept,
+)
 from dicomgw.web.multipart import Part, multipart_response, once
 from dicomgw_retrieve import negotiate, reader
 
 router = APIRouter(tags=["WADO-RS"])
 
-_FRAME_LIST = re.compile(r"^\d+(,\d+)*$")
+_FRAME_LIST = re.compile(r"^\d{1,9}(,\d{1,9})*$")
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+THUMBNAIL_VIEWPORT = "128,128"
+METADATA_CHUNK = 64 * 1024
 
 
 async def _records(runtime: RuntimeDep, study: str, series: str | None = None,
@@ -40,31 +48,56 @@ def _location(base: str, r: InstanceRecord) -> str:
             f"/instances/{r.sop_instance_uid}")
 
 
+def _accept(request: Request) -> list[MediaRange]:
+    return parse_accept(request.headers.get("accept"))
+
+
 # ---- instances --------------------------------------------------------------------------------
+def _dicom_type(transfer_syntax: str) -> str:
+    return f"application/dicom; transfer-syntax={transfer_syntax}"
+
+
+async def _instance_part(runtime: RuntimeDep, record: InstanceRecord, transfer_syntax: str,
+                         location: str, *, strict: bool) -> Part:
+    """One instance as a part: the original streamed, or re-encoded when the request needs it.
+
+    When re-encoding fails (pixel data no codec here can read) and not ``strict``, the original is
+    sent instead, its part Content-Type saying its real transfer syntax.
+    """
+    store = runtime.store
+    if not reader.serves_original(record, transfer_syntax):
+        try:
+            data = await reader.transcoded(store, record, transfer_syntax)
+        except PixelDataUndecodable:
+            if strict:
+                raise
+        else:
+            target = transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
+            return Part(_dicom_type(target), once(data), location)
+    return Part(_dicom_type(record.transfer_syntax_uid), reader.original_stream(store, record),
+                location)
+
+
 async def _retrieve(request: Request, runtime: RuntimeDep, records: list[InstanceRecord],
                     *, single_allowed: bool) -> Response:
-    choice = negotiate.instances(parse_accept(request.headers.get("accept")),
+    """Instances in the negotiated syntax. A syntax asked for by name that one instance cannot be
+    re-encoded into is a 406 when that instance is alone (the status line has not gone out yet);
+    within a series or study, and when no syntax was named, that instance comes as stored.
+    """
+    choice = negotiate.instances(_accept(request), {r.transfer_syntax_uid for r in records},
                                  single_allowed=single_allowed)
-    if not all(reader.can_serve(r, choice.transfer_syntax) for r in records):
-        raise NotAcceptable(f"instances cannot be provided in transfer syntax {choice.transfer_syntax}")
-    store = runtime.store
-    if not choice.multipart:
-        record = records[0]
-        ts = record.transfer_syntax_uid if choice.transfer_syntax in ("*", record.transfer_syntax_uid) \
-            else EXPLICIT_VR_LITTLE_ENDIAN
-        return StreamingResponse(reader.instance_bytes(store, record, choice.transfer_syntax),
-                                 media_type=f"application/dicom; transfer-syntax={ts}")
     base = base_url(request)
+    syntax = choice.transfer_syntax
+    if len(records) == 1:
+        part = await _instance_part(runtime, records[0], syntax, _location(base, records[0]),
+                                    strict=syntax != negotiate.DEFAULT)
+        if not choice.multipart:
+            return StreamingResponse(part.body, media_type=part.content_type)
+        return multipart_response([part], "application/dicom")
 
-    def parts() -> list[Part]:
-        out = []
-        for r in records:
-            ts = r.transfer_syntax_uid if choice.transfer_syntax in ("*", r.transfer_syntax_uid) \
-                else EXPLICIT_VR_LITTLE_ENDIAN
-            out.append(Part(f"application/dicom; transfer-syntax={ts}",
-                            reader.instance_bytes(store, r, choice.transfer_syntax),
-                            _location(base, r)))
-        return out
+    async def parts() -> AsyncIterator[Part]:
+        for record in records:
+            yield await _instance_part(runtime, record, syntax, _location(base, record), strict=False)
 
     return multipart_response(parts(), "application/dicom")
 
@@ -88,11 +121,29 @@ async def retrieve_instance(study: str, series: str, instance: str, request: Req
 
 
 # ---- metadata ---------------------------------------------------------------------------------
+async def _metadata_chunks(records: list[InstanceRecord], base: str) -> AsyncIterator[bytes]:
+    """The JSON array, joined from the stored per-instance JSON, in chunks of ~64 KiB."""
+    buffer = ["["]
+    size = 1
+    for i, record in enumerate(records):
+        text = record.metadata_json.replace(BULK_BASE, base)
+        buffer.append(("," if i else "") + text)
+        size += len(text)
+        if size >= METADATA_CHUNK:
+            yield "".join(buffer).encode()
+            buffer, size = [], 0
+    buffer.append("]")
+    yield "".join(buffer).encode()
+
+
 def _metadata(request: Request, records: list[InstanceRecord]) -> Response:
-    media = negotiate.metadata(parse_accept(request.headers.get("accept")))
-    body = "[" + ",".join(r.metadata_json for r in records) + "]"
-    body = body.replace(BULK_BASE, base_url(request))
-    return maybe_gzip(request, body.encode(), media)
+    media = negotiate.metadata(_accept(request))
+    chunks = _metadata_chunks(records, base_url(request))
+    headers = {"Vary": "Accept-Encoding"}
+    if accepts_gzip(request):
+        headers["Content-Encoding"] = "gzip"
+        chunks = gzip_stream(chunks)
+    return StreamingResponse(chunks, media_type=media, headers=headers)
 
 
 @router.get("/studies/{study}/metadata")
@@ -114,11 +165,15 @@ async def instance_metadata(study: str, series: str, instance: str, request: Req
 # ---- frames -----------------------------------------------------------------------------------
 def _frame_numbers(frame_list: str) -> list[int]:
     if not _FRAME_LIST.match(frame_list):
-        raise BadRequest("frame list must be comma-separated frame numbers")
+        raise BadRequest("the frame list must be comma-separated frame numbers")
     numbers = [int(n) for n in frame_list.split(",")]
     if any(n < 1 for n in numbers):
         raise BadRequest("frame numbers start at 1")
     return numbers
+
+
+def _frame_type(media_type: str, frame: reader.Frame) -> str:
+    return f"{media_type}; transfer-syntax={frame.transfer_syntax}"
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}")
@@ -126,21 +181,27 @@ async def retrieve_frames(study: str, series: str, instance: str, frame_list: st
                           runtime: RuntimeDep) -> Response:
     numbers = _frame_numbers(frame_list)
     [record] = await _records(runtime, study, series, instance)
-    choice = negotiate.frames(parse_accept(request.headers.get("accept")),
-                              record.transfer_syntax_uid, count=len(numbers))
-    data = await reader.frames(runtime.store, record, numbers, choice.transfer_syntax)
-    ts = record.transfer_syntax_uid if choice.transfer_syntax == "*" else EXPLICIT_VR_LITTLE_ENDIAN
-    part_type = choice.media_type
-    if part_type == "application/octet-stream":
-        part_type = f"application/octet-stream; transfer-syntax={ts}"
-    else:
-        part_type = f"{part_type}; transfer-syntax={ts}"
+    choice = negotiate.frames(_accept(request), record.transfer_syntax_uid, count=len(numbers))
+    count = reader.frame_count(record)
+    if max(numbers) > count:
+        raise NotFound(f"the instance has {count} frame(s)")
+    if choice.media_type != "application/octet-stream" and not reader.ranges_usable(record):
+        raise NotAcceptable("the stored fragments of this instance do not map to frames: frames "
+                            "are available as uncompressed application/octet-stream only")
+    store, syntax = runtime.store, choice.transfer_syntax
+    # the first frame before the status line, so that a frame that cannot be decoded is a 406
+    first = await reader.frame(store, record, numbers[0], syntax)
     if not choice.multipart:
-        return Response(data[0], media_type=part_type)
+        return Response(first.data, media_type=_frame_type(choice.media_type, first))
     location = _location(base_url(request), record) + "/frames/"
-    parts = [Part(part_type, once(frame), location + str(n)) for n, frame in zip(numbers, data,
-                                                                                 strict=True)]
-    return multipart_response(parts, choice.media_type)
+
+    async def parts() -> AsyncIterator[Part]:
+        yield Part(_frame_type(choice.media_type, first), once(first.data), location + str(numbers[0]))
+        rest = reader.in_order(lambda n: reader.frame(store, record, n, syntax), numbers[1:])
+        async for n, frame in rest:
+            yield Part(_frame_type(choice.media_type, frame), once(frame.data), location + str(n))
+
+    return multipart_response(parts(), choice.media_type)
 
 
 # ---- bulk data --------------------------------------------------------------------------------
@@ -150,64 +211,97 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
     if not _TAG.match(tag):
         raise BadRequest("bulk data is addressed by an 8-digit hexadecimal tag")
     [record] = await _records(runtime, study, series, instance)
-    choice = negotiate.bulkdata(parse_accept(request.headers.get("accept")))
+    choice = negotiate.bulkdata(_accept(request))
     tag = tag.upper()
-    if tag not in record.layout.get("bulk", {}) and not record.layout.get("deflated"):
-        raise NotFound("no bulk data at that tag")
-    body = reader.bulk_value(runtime.store, record, tag)
+    located = reader.bulk_location(record, tag)
+    headers: dict[str, str] = {}
+    if located is not None:
+        offset, length = located
+        body = runtime.store.open_stream(record.object_key, start=offset, length=length)
+        headers["Content-Length"] = str(length)
+    else:
+        value = None
+        if record.layout.get("deflated") or tag in record.layout.get("bulk", {}):
+            value = await reader.bulk_value(runtime.store, record, tag)
+        if value is None:
+            raise NotFound("no bulk data at that tag")
+        body = once(value)
+        headers["Content-Length"] = str(len(value))
     if not choice.multipart:
-        return StreamingResponse(body, media_type="application/octet-stream")
+        return StreamingResponse(body, media_type="application/octet-stream", headers=headers)
     return multipart_response([Part("application/octet-stream", body)], "application/octet-stream")
 
 
 # ---- rendered and thumbnails ------------------------------------------------------------------
-async def _render_one(request: Request, runtime: RuntimeDep, record: InstanceRecord, frame: int,
-                      *, thumbnail: bool = False) -> tuple[str, bytes]:
-    media = negotiate.rendered(parse_accept(request.headers.get("accept")))
+def _options(request: Request, *, thumbnail: bool) -> RenderOptions:
+    media = negotiate.rendered(_accept(request))
     params = request.query_params
-    viewport = params.get("viewport") or ("128,128" if thumbnail else None)
-    options = parse_options(media, params.get("window"), viewport, params.get("quality"))
-    original = await reader.read_part10(runtime.store, record)
-    return media, await asyncio.to_thread(render, original, frame, options)
+    viewport = params.get("viewport") or (THUMBNAIL_VIEWPORT if thumbnail else None)
+    return parse_options(media, params.get("window"), viewport, params.get("quality"),
+                         enlarge=not thumbnail)
+
+
+async def _render_response(request: Request, runtime: RuntimeDep, record: InstanceRecord,
+                           frame_number: int = 1, *, thumbnail: bool = False) -> Response:
+    options = _options(request, thumbnail=thumbnail)
+    data = await reader.rendered(runtime.store, record, frame_number - 1, options)
+    return Response(data, media_type=options.media_type)
+
+
+def _images(records: list[InstanceRecord]) -> list[InstanceRecord]:
+    images = [r for r in records if r.layout.get("pixel", {}).get("Rows")]
+    if not images:
+        raise NotFound("nothing to render: no instance with an image")
+    return images
 
 
 def _representative(records: list[InstanceRecord]) -> InstanceRecord:
-    images = [r for r in records if r.layout.get("pixel", {}).get("Rows")]
-    if not images:
-        raise NotFound("nothing to render")
+    """The middle image of a series or study (in series, then instance-number order)."""
+    images = _images(records)
     return images[len(images) // 2]
+
+
+async def _rendered_many(request: Request, runtime: RuntimeDep,
+                         records: list[InstanceRecord]) -> Response:
+    """Every image rendered, one part each; images that cannot be decoded are left out."""
+    options = _options(request, thumbnail=False)
+    base = base_url(request)
+    images = _images(records)
+    store = runtime.store
+
+    async def render(record: InstanceRecord) -> bytes | None:
+        try:
+            return await reader.rendered(store, record, 0, options)
+        except (PixelDataUndecodable, NotFound):
+            return None
+
+    first = await reader.rendered(store, images[0], 0, options)
+
+    async def parts() -> AsyncIterator[Part]:
+        yield Part(options.media_type, once(first), _location(base, images[0]) + "/rendered")
+        results = reader.in_order(lambda i: render(images[i]), list(range(1, len(images))), window=2)
+        async for i, data in results:
+            if data is not None:
+                yield Part(options.media_type, once(data), _location(base, images[i]) + "/rendered")
+
+    return multipart_response(parts(), options.media_type)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
 async def rendered_instance(study: str, series: str, instance: str, request: Request,
                             runtime: RuntimeDep) -> Response:
     [record] = await _records(runtime, study, series, instance)
-    media, data = await _render_one(request, runtime, record, 0)
-    return Response(data, media_type=media)
+    return await _render_response(request, runtime, record)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}/rendered")
 async def rendered_frame(study: str, series: str, instance: str, frame_list: str, request: Request,
                          runtime: RuntimeDep) -> Response:
     numbers = _frame_numbers(frame_list)
+    if len(numbers) != 1:
+        raise BadRequest("a rendered frame is addressed by one frame number")
     [record] = await _records(runtime, study, series, instance)
-    media, data = await _render_one(request, runtime, record, numbers[0] - 1)
-    return Response(data, media_type=media)
-
-
-async def _rendered_many(request: Request, runtime: RuntimeDep,
-                         records: list[InstanceRecord]) -> Response:
-    images = [r for r in records if r.layout.get("pixel", {}).get("Rows")]
-    if not images:
-        raise NotFound("nothing to render")
-    media = negotiate.rendered(parse_accept(request.headers.get("accept")))
-
-    async def part_body(record: InstanceRecord) -> AsyncIterator[bytes]:
-        yield (await _render_one(request, runtime, record, 0))[1]
-
-    base = base_url(request)
-    parts = [Part(media, part_body(r), _location(base, r) + "/rendered") for r in images]
-    return multipart_response(parts, media)
+    return await _render_response(request, runtime, record, numbers[0])
 
 
 @router.get("/studies/{study}/rendered")
@@ -223,23 +317,20 @@ async def rendered_series(study: str, series: str, request: Request, runtime: Ru
 @router.get("/studies/{study}/thumbnail")
 async def study_thumbnail(study: str, request: Request, runtime: RuntimeDep) -> Response:
     record = _representative(await _records(runtime, study))
-    media, data = await _render_one(request, runtime, record, 0, thumbnail=True)
-    return Response(data, media_type=media)
+    return await _render_response(request, runtime, record, thumbnail=True)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail")
 async def series_thumbnail(study: str, series: str, request: Request, runtime: RuntimeDep) -> Response:
     record = _representative(await _records(runtime, study, series))
-    media, data = await _render_one(request, runtime, record, 0, thumbnail=True)
-    return Response(data, media_type=media)
+    return await _render_response(request, runtime, record, thumbnail=True)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
 async def instance_thumbnail(study: str, series: str, instance: str, request: Request,
                              runtime: RuntimeDep) -> Response:
     [record] = await _records(runtime, study, series, instance)
-    media, data = await _render_one(request, runtime, record, 0, thumbnail=True)
-    return Response(data, media_type=media)
+    return await _render_response(request, runtime, record, thumbnail=True)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}/thumbnail")
@@ -247,5 +338,4 @@ async def frame_thumbnail(study: str, series: str, instance: str, frame_list: st
                           runtime: RuntimeDep) -> Response:
     numbers = _frame_numbers(frame_list)
     [record] = await _records(runtime, study, series, instance)
-    media, data = await _render_one(request, runtime, record, numbers[0] - 1, thumbnail=True)
-    return Response(data, media_type=media)
+    return await _render_response(request, runtime, record, numbers[0], thumbnail=True)

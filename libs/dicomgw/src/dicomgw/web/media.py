@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -75,13 +77,34 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     return sorted(ranges, key=lambda r: -r.q)
 
 
+def accepts_gzip(request: Request) -> bool:
+    """Whether Accept-Encoding admits gzip (a q=0 refuses it)."""
+    for item in split_unquoted(request.headers.get("accept-encoding", ""), ","):
+        coding, params = parse_media_type(item)
+        if coding in ("gzip", "*"):
+            try:
+                return float(params.get("q", "1")) > 0
+            except ValueError:
+                return False
+    return False
+
+
 def maybe_gzip(request: Request, body: bytes, media_type: str, *, status_code: int = 200,
                headers: dict[str, str] | None = None) -> Response:
     """A response compressed with gzip when the client accepts it and it is worth it (JSON)."""
     headers = dict(headers or {})
     headers["Vary"] = "Accept-Encoding"
-    accepts = request.headers.get("accept-encoding", "")
-    if len(body) > 1024 and "gzip" in accepts.lower():
+    if len(body) > 1024 and accepts_gzip(request):
         body = gzip.compress(body, compresslevel=5)
         headers["Content-Encoding"] = "gzip"
     return Response(body, status_code=status_code, media_type=media_type, headers=headers)
+
+
+async def gzip_stream(chunks: AsyncIterator[bytes], level: int = 5) -> AsyncIterator[bytes]:
+    """``chunks`` gzip-compressed as they come (one gzip member; for streamed JSON)."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: gzip header and trailer
+    async for chunk in chunks:
+        out = compressor.compress(chunk)
+        if out:
+            yield out
+    yield compressor.flush()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
@@ -20,36 +20,39 @@ def new_boundary() -> str:
     return "dicomgw-" + secrets.token_hex(16)
 
 
-async def _stream(parts: AsyncIterator[Part] | Iterable[Part], boundary: str) -> AsyncIterator[bytes]:
-    delimiter = f"--{boundary}\r\n".encode()
-    first = True
-    if hasattr(parts, "__aiter__"):
-        iterator = parts
+async def _aiter(parts: AsyncIterable[Part] | Iterable[Part]) -> AsyncIterator[Part]:
+    if isinstance(parts, AsyncIterable):
+        async for part in parts:
+            yield part
     else:
-        async def _aiter() -> AsyncIterator[Part]:
-            for part in parts:  # type: ignore[union-attr]
-                yield part
-        iterator = _aiter()
-    async for part in iterator:  # type: ignore[union-attr]
-        head = b"" if first else b"\r\n"
-        first = False
+        for part in parts:
+            yield part
+
+
+async def encode_parts(parts: AsyncIterable[Part] | Iterable[Part],
+                       boundary: str) -> AsyncIterator[bytes]:
+    """The body of a multipart/related message (RFC 2387) with ``boundary``, part by part."""
+    first = True
+    async for part in _aiter(parts):
         headers = f"Content-Type: {part.content_type}\r\n"
         if part.location:
             headers += f"Content-Location: {part.location}\r\n"
-        yield head + delimiter + headers.encode() + b"\r\n"
+        yield ("" if first else "\r\n").encode() + f"--{boundary}\r\n{headers}\r\n".encode()
+        first = False
         async for chunk in part.body:
             yield chunk
-    yield (b"\r\n" if not first else b"") + f"--{boundary}--\r\n".encode()
+    yield ("" if first else "\r\n").encode() + f"--{boundary}--\r\n".encode()
 
 
-def multipart_response(parts: AsyncIterator[Part] | Iterable[Part], part_type: str,
+def multipart_response(parts: AsyncIterable[Part] | Iterable[Part], part_type: str,
                        *, transfer_syntax: str | None = None) -> StreamingResponse:
     """multipart/related; type="<part_type>" response streaming ``parts`` in order."""
     boundary = new_boundary()
     syntax = f"; transfer-syntax={transfer_syntax}" if transfer_syntax else ""
     media = f'multipart/related; type="{part_type}"{syntax}; boundary={boundary}'
-    return StreamingResponse(_stream(parts, boundary), media_type=media)
+    return StreamingResponse(encode_parts(parts, boundary), media_type=media)
 
 
 async def once(data: bytes) -> AsyncIterator[bytes]:
+    """``data`` as a one-chunk body."""
     yield data
