@@ -67,7 +67,7 @@ lint: install  ## ruff and mypy
 	$(UV_PROJECT_ENVIRONMENT)/bin/mypy libs/dicomgw/src
 
 bench: install tools-minio  ## benchmarks (figures as ratios, see bench/README.md)
-	$(UV_PROJECT_ENVIRONMENT)/bin/python bench/run.py --s3
+	$(UV_PROJECT_ENVIRONMENT)/bin/python bench/run.py --s3 --orthanc
 
 clean:  ## remove the data folder and caches (keeps .tools)
 	rm -rf var .pytest_cache test-artifacts

@@ -163,12 +163,46 @@ def bench_s3(parts: list[bytes], tmp: Path) -> dict[str, float]:
     return {"gateway_s": round(stow, 3), "raw_minio_put_s": round(raw, 3), "ratio": round(stow / raw, 2)}
 
 
+async def gateway_vs_orthanc(parts: list[bytes], gateway_url: str, tmp: Path,
+                                    rounds: int = 200) -> dict[str, float]:
+    """The same frames fetched from the gateway and from Orthanc's DICOMweb plugin, as OHIF does."""
+    import io
+
+    import pydicom
+
+    from tests.fixtures.orthanc import start_orthanc
+
+    orthanc = start_orthanc(tmp / "orthanc")
+    try:
+        # the same STOW-RS requests, into Orthanc's DICOMweb plugin
+        orthanc_stow = await stow_all(f"{orthanc.url}/dicom-web", parts)
+        async with httpx.AsyncClient(timeout=60) as client:
+            accept = {"accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"}
+            timings = {}
+            for name, root in (("gateway", gateway_url), ("orthanc", f"{orthanc.url}/dicom-web")):
+                t0 = time.perf_counter()
+                for data in parts[:rounds]:
+                    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                    url = (f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                           f"/instances/{ds.SOPInstanceUID}/frames/1")
+                    (await client.get(url, headers=accept)).raise_for_status()
+                timings[name] = (time.perf_counter() - t0) / rounds
+    finally:
+        orthanc.process.terminate()
+        orthanc.process.wait(timeout=30)
+    return {"orthanc_stow_s": round(orthanc_stow, 3),
+            "gateway_s_per_frame": round(timings["gateway"], 5),
+            "orthanc_s_per_frame": round(timings["orthanc"], 5),
+            "orthanc_over_gateway": round(timings["orthanc"] / timings["gateway"], 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--instances", type=int, default=400)
     parser.add_argument("--s3", action="store_true", help="also STOW into MinIO vs raw PUTs")
+    parser.add_argument("--orthanc", action="store_true", help="also frames: gateway vs Orthanc")
     args = parser.parse_args()
     parts = corpus(args.instances)
     size_mb = sum(map(len, parts)) / 2**20
@@ -183,6 +217,11 @@ def main() -> int:
                 "ratio": round(stow / raw, 2),
                 "gateway_instances_per_s": round(len(parts) / stow, 1),
             }
+            if args.orthanc:
+                versus = asyncio.run(gateway_vs_orthanc(parts, gw.url, Path(tmp)))
+                versus["gateway_stow_s"] = round(stow, 3)
+                versus["orthanc_stow_over_gateway"] = round(versus["orthanc_stow_s"] / stow, 2)
+                results["versus_orthanc"] = versus
             for name, fn in (("wado_frames", frames_vs_raw), ("qido_studies", qido_vs_raw)):
                 try:
                     results[name] = {k: round(v, 6) for k, v in asyncio.run(fn(gw.url, gw.data_dir)).items()}
