@@ -74,3 +74,33 @@ def test_backfill_imports_everything_once(make_gateway, orthanc: OrthancServer) 
     assert report == {"studies": 2, "imported": 0, "already_present": 2, "instances": 0, "failed": 0}
     since = subprocess.run([DICOMGW, *args, "--since", "20240101"], capture_output=True, text=True)
     assert json.loads(since.stdout.strip().splitlines()[-1])["studies"] == 1
+
+
+def test_backfill_through_the_worker_tier(make_gateway, orthanc: OrthancServer, redis_server,  # type: ignore[no-untyped-def]
+                                          tmp_path: Path) -> None:
+    """Where a worker tier runs, each study is an import task for the Celery workers."""
+    import os
+
+    from tests.fixtures.processes import BIN, spawn, stop
+
+    gw: Gateway = make_gateway()
+    env = {"DATA_DIR": str(tmp_path / "worker"), "DICOMGW_WORKER_BROKER_URL": redis_server.url}
+    worker = spawn([str(BIN / "dicomgw-worker"), "worker", "--concurrency=1"], env,
+                   tmp_path / "worker.log")
+    try:
+        studies = [make_study(1, 3), make_study(1, 2)]
+        for parts in studies:
+            for data in parts:
+                assert httpx.post(f"{orthanc.url}/instances", content=data).status_code == 200
+        done = subprocess.run(
+            [DICOMGW, "pacs", "import", "--orthanc", orthanc.url, "--gateway", gw.url,
+             "--via-worker", "--timeout", "120"],
+            capture_output=True, text=True, timeout=180, env={**os.environ, **env})
+        assert done.returncode == 0, done.stdout + done.stderr + (tmp_path / "worker.log").read_text()
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+            "studies": 2, "complete": 2, "incomplete": 0}
+        for parts in studies:
+            held = httpx.get(f"{gw.url}/studies/{_study_uid(parts[0])}/instances").json()
+            assert len(held) == len(parts)
+    finally:
+        stop(worker)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from dataclasses import dataclass
 
 import httpx
 from pyorthanc import Orthanc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from dicomgw.pacs_import import ImportTally, import_study
+
 SERVER_NAME = "dicomgw"
-BATCH = 16
 
 FORWARDING_RULE = """
 -- dicomgw: forward every new stable study to the gateway by STOW-RS, retrying failed jobs
@@ -59,6 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                          help="only print the Lua rule (for Orthanc's LuaScripts configuration)")
     imp.add_argument("--since", help="only studies with StudyDate on or after YYYYMMDD")
     imp.add_argument("--concurrency", type=int, default=2)
+    imp.add_argument("--via-worker", action="store_true",
+                     help="queue one task per study to the worker tier (DICOMGW_WORKER_BROKER_URL) "
+                          "and follow their progress, instead of copying in this process")
+    imp.add_argument("--timeout", type=float, default=3600, help="with --via-worker: how long to wait")
     connect.set_defaults(func=run_connect)
     imp.set_defaults(func=run_import)
 
@@ -99,50 +103,6 @@ def run_connect(args: argparse.Namespace) -> int:
     return 0
 
 
-@dataclass
-class ImportTally:
-    studies: int = 0
-    skipped: int = 0
-    imported: int = 0
-    instances: int = 0
-    failed: int = 0
-
-
-async def _import_study(orthanc_url: str, auth: tuple[str, str] | None, gateway: str, study_id: str,
-                        tally: ImportTally, limit: asyncio.Semaphore) -> None:
-    async with limit, httpx.AsyncClient(timeout=300, auth=auth) as client:
-        study = (await client.get(f"{orthanc_url}/studies/{study_id}")).json()
-        uid = study["MainDicomTags"]["StudyInstanceUID"]
-        instances = (await client.get(f"{orthanc_url}/studies/{study_id}/instances")).json()
-        held = await client.get(f"{gateway}/studies/{uid}/instances",
-                                params={"includefield": "00080018", "limit": 100000})
-        known = {i["00080018"]["Value"][0] for i in held.json()} if held.status_code == 200 else set()
-        wanted = [i for i in instances if i["MainDicomTags"]["SOPInstanceUID"] not in known]
-        if not wanted:
-            tally.skipped += 1
-            return
-        # batches of BATCH instances: memory stays bounded however large the study
-        for start in range(0, len(wanted), BATCH):
-            await _send_batch(client, orthanc_url, gateway, wanted[start : start + BATCH], tally)
-        tally.imported += 1
-
-
-async def _send_batch(client: httpx.AsyncClient, orthanc_url: str, gateway: str,
-                      batch: list[dict[str, object]], tally: ImportTally) -> None:
-    boundary = "dicomgw-import"
-    chunks = []
-    for instance in batch:
-        data = (await client.get(f"{orthanc_url}/instances/{instance['ID']}/file")).content
-        chunks += [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), data, b"\r\n"]
-    chunks.append(f"--{boundary}--\r\n".encode())
-    resp = await client.post(
-        f"{gateway}/studies", content=b"".join(chunks),
-        headers={"content-type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
-    body = resp.json() if resp.headers.get("content-type", "").endswith("json") else {}
-    tally.instances += len(body.get("00081199", {}).get("Value", []))
-    tally.failed += len(body.get("00081198", {}).get("Value", [])) if body else len(batch)
-
-
 def run_import(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True)
     auth = (args.orthanc_user, args.orthanc_password or "") if args.orthanc_user else None
@@ -155,6 +115,8 @@ def run_import(args: argparse.Namespace) -> int:
         found = orthanc.get(f"{base}/studies").json()
     tally = ImportTally(studies=len(found))
     gateway = args.gateway.rstrip("/")
+    if args.via_worker:
+        return _import_via_worker(args, console, found, auth, gateway)
 
     async def main() -> None:
         limit = asyncio.Semaphore(max(1, args.concurrency))
@@ -165,7 +127,7 @@ def run_import(args: argparse.Namespace) -> int:
 
             async def one(study_id: str) -> None:
                 try:
-                    await _import_study(args.orthanc.rstrip("/"), auth, gateway, study_id, tally, limit)
+                    await import_study(args.orthanc.rstrip("/"), auth, gateway, study_id, tally, limit)
                 except httpx.HTTPError:
                     tally.failed += 1
                 progress.advance(task)
@@ -177,3 +139,40 @@ def run_import(args: argparse.Namespace) -> int:
                               "already_present": tally.skipped, "instances": tally.instances,
                               "failed": tally.failed}))
     return 1 if tally.failed else 0
+
+
+def _import_via_worker(args: argparse.Namespace, console: Console, found: list[str],
+                       auth: tuple[str, str] | None, gateway: str) -> int:
+    """Queue a task per study, then follow the gateway until it holds every instance Orthanc has."""
+    import time
+
+    from dicomgw_worker.celery_app import celery
+
+    base = args.orthanc.rstrip("/")
+    expected: dict[str, int] = {}
+    with httpx.Client(timeout=60, auth=auth) as client:
+        for study_id in found:
+            study = client.get(f"{base}/studies/{study_id}").json()
+            instances = client.get(f"{base}/studies/{study_id}/instances").json()
+            expected[study["MainDicomTags"]["StudyInstanceUID"]] = len(instances)
+            celery.send_task("dicomgw.import_study", args=[base, study_id, gateway,
+                                                           list(auth) if auth else None])
+        done: set[str] = set()
+        deadline = time.monotonic() + args.timeout
+        columns = [TextColumn("[bold]importing (worker tier)"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("studies")]
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("import", total=len(expected))
+            while len(done) < len(expected) and time.monotonic() < deadline:
+                for uid, count in expected.items():
+                    if uid in done:
+                        continue
+                    held = client.get(f"{gateway}/studies/{uid}/instances",
+                                      params={"includefield": "00080018", "limit": 100000})
+                    if held.status_code == 200 and len(held.json()) >= count:
+                        done.add(uid)
+                        progress.advance(task)
+                time.sleep(0.5)
+    console.print(json.dumps({"studies": len(expected), "complete": len(done),
+                              "incomplete": len(expected) - len(done)}))
+    return 0 if len(done) == len(expected) else 1

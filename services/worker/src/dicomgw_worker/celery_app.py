@@ -28,6 +28,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "dicomgw.replicate": {"queue": "replicate"},
     "dicomgw.repair": {"queue": "replicate"},
     "dicomgw.sweep": {"queue": "verify"},
+    "dicomgw.import_study": {"queue": "import"},
 }
 QUEUES = sorted({route["queue"] for route in TASK_ROUTES.values()})
 
@@ -142,6 +143,28 @@ def replicate_task(self: Task, outbox_id: int, key: str) -> str:
 @celery.task(name="dicomgw.repair", bind=True)
 def repair_task(self: Task, outbox_id: int, key: str) -> str:
     return _run_outbox_task(self, "repair", outbox_id, key)
+
+
+@celery.task(name="dicomgw.import_study", bind=True, acks_late=True)
+def import_study_task(self: Task, orthanc_url: str, study_id: str, gateway_url: str,
+                      auth: list[str] | None = None) -> dict[str, int]:
+    """Backfill one study from a PACS (idempotent: instances the gateway holds are skipped)."""
+    from dicomgw.pacs_import import ImportTally, import_study
+
+    tally = ImportTally(studies=1)
+
+    async def go() -> None:
+        await import_study(orthanc_url, tuple(auth) if auth else None, gateway_url, study_id, tally,
+                           asyncio.Semaphore(1))
+
+    try:
+        _ProcessRuntime.run(go())
+    except Exception as exc:
+        metrics.task_outcomes.labels(task="import", outcome="error").inc()
+        raise self.retry(exc=exc, countdown=min(600, 2 ** min(self.request.retries + 1, 10)),
+                         max_retries=8) from exc
+    metrics.task_outcomes.labels(task="import", outcome="imported" if tally.imported else "present").inc()
+    return {"instances": tally.instances, "failed": tally.failed}
 
 
 @celery.task(name="dicomgw.sweep")
