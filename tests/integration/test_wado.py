@@ -83,8 +83,14 @@ def _parts(resp: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
 # ---- instances --------------------------------------------------------------------------------
 def test_every_original_comes_back_byte_exact(gateway: Gateway, corpus: dict[str, bytes],
                                               client: httpx.Client) -> None:
-    for data in corpus.values():
-        ts = _ds(data).file_meta.TransferSyntaxUID
+    for sop_uid, data in corpus.items():
+        ds = _ds(data)
+        ts = ds.file_meta.TransferSyntaxUID
+        # found by QIDO-RS at instance level, in its study and series ...
+        found = client.get(f"{gateway.url}/instances", params={"SOPInstanceUID": sop_uid}).json()
+        assert [(f["0020000D"]["Value"][0], f["0020000E"]["Value"][0]) for f in found] == [
+            (ds.StudyInstanceUID, ds.SeriesInstanceUID)]
+        # ... and returned byte-exact by WADO-RS
         for accept in (ANY_TS, f"multipart/related; type=application/dicom; transfer-syntax={ts}"):
             [(headers, payload)] = _parts(client.get(_url(gateway, data), headers={"accept": accept}))
             assert payload == data
