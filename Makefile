@@ -7,6 +7,9 @@ TOOLS := $(CURDIR)/.tools
 UV := $(TOOLS)/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 export DICOMGW_TOOLS := $(TOOLS)
+# pinned versions of the tools built from their Go modules
+MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
+HELM_VERSION := v3.22.0
 
 .PHONY: help install run up down test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-dcmtk tools-orthanc tools-browser
 
@@ -30,28 +33,28 @@ down:  ## stop the local distributed stack
 	$(UV_PROJECT_ENVIRONMENT)/bin/dicomgw stack down
 
 tools-nginx:  ## install nginx (Debian package), the local router
-	bash scripts/install-nginx.sh
+	bash scripts/apt-install.sh --needs /usr/sbin/nginx --service nginx nginx-light
 
 tools-orthanc:  ## install Orthanc and its DICOMweb plugin (Debian packages), the test PACS
-	bash scripts/install-orthanc.sh
+	bash scripts/apt-install.sh --needs Orthanc --needs /usr/share/orthanc/plugins/libOrthancDicomWeb.so --service orthanc orthanc orthanc-dicomweb
 
 tools-dcmtk:  ## install dcmtk (Debian package), a DIMSE peer for the tests
-	bash scripts/install-dcmtk.sh
+	bash scripts/apt-install.sh --needs storescu --needs echoscu dcmtk
 
 tools-helm:  ## build Helm from its Go module into .tools (cached)
-	bash scripts/install-helm.sh
+	bash scripts/go-install.sh helm helm.sh/helm/v3/cmd/helm $(HELM_VERSION)
 
 tools-prometheus:  ## install Prometheus and promtool (Debian packages)
-	bash scripts/install-prometheus.sh
+	bash scripts/apt-install.sh --needs prometheus --needs promtool --service prometheus prometheus
 
 tools-minio:  ## build MinIO from its Go module into .tools (cached)
-	bash scripts/install-minio.sh
+	bash scripts/go-install.sh minio github.com/minio/minio $(MINIO_VERSION)
 
 tools-postgres:  ## install PostgreSQL server binaries (Debian packages)
-	bash scripts/install-postgres.sh
+	bash scripts/apt-install.sh --needs '/usr/lib/postgresql/*/bin/initdb' --service postgresql postgresql
 
 tools-redis:  ## install Redis server (Debian package)
-	bash scripts/install-redis.sh
+	bash scripts/apt-install.sh --needs redis-server --service redis-server redis-server
 
 tools-browser:  ## install Chromium, playwright-core and the OHIF viewer build into .tools
 	bash scripts/install-browser.sh

@@ -22,7 +22,7 @@ ANY_TS = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed: run `make test` (scripts/install-dcmtk.sh)")
+        pytest.fail(f"{name} is not installed: run `make tools-dcmtk`")
     return path
 
 

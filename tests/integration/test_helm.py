@@ -29,7 +29,7 @@ NGINX = REPO / "services" / "gateway" / "src" / "dicomgw_gateway" / "nginx.conf.
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
     if not HELM.exists():
-        pytest.fail("Helm is not built: run `make tools-helm` (scripts/install-helm.sh)")
+        pytest.fail("Helm is not built: run `make tools-helm`")
     return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120)
 
 

@@ -29,7 +29,7 @@ DASHBOARD = CHART_FILES / "dashboards" / "dicomgw.json"
 def _binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed: run `make test` (scripts/install-prometheus.sh)")
+        pytest.fail(f"{name} is not installed: run `make tools-prometheus`")
     return path
 
 
