@@ -214,7 +214,9 @@ async def test_person_names_match_case_insensitively_per_component_group(client:
 async def test_names_in_other_character_sets_match(client: httpx.AsyncClient, query: str,
                                                    patient_id: str) -> None:
     got = await qido(client, "/studies", PatientName=query)
-    assert values(got, "00100020") == [patient_id]
+    # the stack is shared with other test modules that store the same charset names: judge ours only
+    ours = [v for v in values(got, "00100020") if v.startswith(("CHARSET-", "U-PID-", "Q-PID-"))]
+    assert ours == [patient_id]
 
 
 async def test_returned_names_keep_their_component_groups(client: httpx.AsyncClient) -> None:
