@@ -7,6 +7,7 @@ alert fire.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -44,14 +45,22 @@ def test_promtool_accepts_the_rules() -> None:
 def monitored(make_gateway, tmp_path: Path) -> Iterator[tuple[Gateway, str]]:  # type: ignore[no-untyped-def]
     gw = make_gateway(env={"DICOMGW_WORKER_POLL_SECONDS": "0.1", "DICOMGW_WORKER_SWEEP_SECONDS": "0.5",
                            "DICOMGW_WORKER_VERIFY_CYCLE_SECONDS": "1"})
-    port = free_port()
+    with _prometheus(tmp_path, {"dicomgw-gateway": gw.root.removeprefix("http://")}) as api:
+        yield gw, api
+
+
+@contextlib.contextmanager
+def _prometheus(tmp_path: Path, targets: dict[str, str]) -> Iterator[str]:
+    """A real Prometheus scraping ``targets`` (job -> host:port) every second with the shipped rules;
+    yields its API root once every target is up."""
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": "dicomgw-gateway", "metrics_path": "/metrics",
-                            "static_configs": [{"targets": [gw.root.removeprefix("http://")]}]}],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}
+                           for job, target in targets.items()],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
     log = tmp_path / "prometheus.log"
     proc = subprocess.Popen(
         [_binary("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
@@ -60,8 +69,8 @@ def monitored(make_gateway, tmp_path: Path) -> Iterator[tuple[Gateway, str]]:  #
     )
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
-        _until(lambda: _query(api, 'up{job="dicomgw-gateway"}') == [1.0], 60, log)
-        yield gw, api
+        _until(lambda: _query(api, "sum(up)") == [float(len(targets))], 60, log)
+        yield api
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -125,25 +134,9 @@ def test_every_expression_is_valid_and_a_forced_mismatch_fires(monitored) -> Non
 
 def test_prometheus_scrapes_the_distributed_stack_under_load(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     c = stack.config
-    targets = {"dicomgw-ingest": c.ingest_port, "dicomgw-query": c.query_port,
-               "dicomgw-retrieve": c.retrieve_port, "dicomgw-worker": c.worker_metrics_port}
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-                           for job, port in targets.items()],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = tmp_path / "prometheus.log"
-    proc = subprocess.Popen(
-        [_binary("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{port}/api/v1"
-    try:
-        _until(lambda: _query(api, "sum(up)") == [4.0], 60, log)
+    ports = {"dicomgw-ingest": c.ingest_port, "dicomgw-query": c.query_port,
+             "dicomgw-retrieve": c.retrieve_port, "dicomgw-worker": c.worker_metrics_port}
+    with _prometheus(tmp_path, {job: f"127.0.0.1:{port}" for job, port in ports.items()}) as api:
         for _ in range(3):  # a workload: store, search, retrieve
             body, ct = multipart_related(make_study(1, 2))
             study = httpx.post(f"{c.url}/studies", content=body, headers={"content-type": ct},
@@ -155,6 +148,3 @@ def test_prometheus_scrapes_the_distributed_stack_under_load(stack, tmp_path: Pa
         _until(lambda: sum(_query(api, 'sum(dicomgw_background_tasks_total{task="replicate"})')) >= 6, 90)
         for expr in _rule_expressions().values():
             _query(api, expr)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
