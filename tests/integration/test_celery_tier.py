@@ -18,20 +18,12 @@ from tests.dicomdata import make_study, multipart_related
 from tests.fixtures.gateway import free_port
 from tests.fixtures.processes import BIN, serve_app, spawn, stop
 from tests.fixtures.redis import RedisServer
+from tests.polling import wait_for
 
 
 def _statuses(data_dir: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(data_dir / "index.sqlite3") as db:
         return db.execute("select verify_status, replica_status from instances").fetchall()
-
-
-def _wait(predicate, seconds: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -61,7 +53,7 @@ def test_relay_and_workers_replicate_and_verify_every_original(tier) -> None:  #
     resp = httpx.post(f"{tier['url']}/studies", content=body, headers={"content-type": ct}, timeout=60)
     assert resp.status_code == 200, resp.text
     data: Path = tier["data"]
-    _wait(lambda: _statuses(data) and all(s == ("verified", "replicated") for s in _statuses(data)))
+    wait_for(lambda: _statuses(data) and all(s == ("verified", "replicated") for s in _statuses(data)))
     for original in (data / "objects" / "originals").rglob("*.dcm"):
         copy = data / "replica" / original.relative_to(data / "objects")
         assert copy.read_bytes() == original.read_bytes()
@@ -83,7 +75,7 @@ def test_ingest_succeeds_while_redis_is_down_and_work_happens_when_it_returns(
         assert all(s[1] == "pending" for s in _statuses(tier["data"]))
     finally:
         redis_server.start()
-    _wait(lambda: all(s == ("verified", "replicated") for s in _statuses(tier["data"])), 90)
+    wait_for(lambda: all(s == ("verified", "replicated") for s in _statuses(tier["data"])), 90)
 
 
 def test_killed_worker_leaves_work_that_a_restarted_worker_finishes(tier) -> None:  # type: ignore[no-untyped-def]
@@ -96,4 +88,4 @@ def test_killed_worker_leaves_work_that_a_restarted_worker_finishes(tier) -> Non
     time.sleep(1)
     procs["worker"] = spawn([str(BIN / "dicomgw-worker"), "worker", "--concurrency=1"],
                             tier["env"], tier["tmp"] / "worker2.log")
-    _wait(lambda: all(s == ("verified", "replicated") for s in _statuses(tier["data"])), 90)
+    wait_for(lambda: all(s == ("verified", "replicated") for s in _statuses(tier["data"])), 90)

@@ -22,6 +22,7 @@ from dicomgw.config import StorageSettings
 from dicomgw.storage.s3 import S3Store
 from dicomgw_gateway.stack import Stack
 from tests.dicomdata import make_instance, make_study, multipart_related, split_multipart
+from tests.polling import wait_for
 
 ANY_TS = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -75,15 +76,6 @@ def stow(stack: Stack, parts: list[bytes]) -> httpx.Response:
 
 def status(stack: Stack) -> dict[str, Any]:
     return httpx.get(f"http://127.0.0.1:{stack.config.port}/admin/status", timeout=10).json()
-
-
-def wait_for(predicate, seconds: float = 90) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError("condition not met in time")
 
 
 def all_settled(stack: Stack) -> bool:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.dicomdata import make_study, multipart_related
+from tests.polling import wait_for
 
 FAST = {
     "DICOMGW_REPLICA_BACKEND": "local",
@@ -16,16 +16,6 @@ FAST = {
     "DICOMGW_WORKER_SWEEP_SECONDS": "0.5",
     "DICOMGW_WORKER_VERIFY_CYCLE_SECONDS": "1",
 }
-
-
-def _wait(predicate, seconds: float = 30):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def _rows(data_dir: Path) -> list[tuple[str, str, str]]:
@@ -38,7 +28,7 @@ def test_every_original_is_replicated_byte_exact_and_damage_is_repaired(make_gat
     parts = make_study(1, 4)
     body, ct = multipart_related(parts)
     assert httpx.post(f"{gw.url}/studies", content=body, headers={"content-type": ct}).status_code == 200
-    _wait(lambda: all(r[2] == "replicated" for r in _rows(gw.data_dir)) and _rows(gw.data_dir))
+    wait_for(lambda: all(r[2] == "replicated" for r in _rows(gw.data_dir)) and _rows(gw.data_dir))
     for key, _, _ in _rows(gw.data_dir):
         assert (gw.data_dir / "replica" / key).read_bytes() == (gw.data_dir / "objects" / key).read_bytes()
 
@@ -49,8 +39,8 @@ def test_every_original_is_replicated_byte_exact_and_damage_is_repaired(make_gat
     damaged.write_bytes(good[:-10] + b"\xff" * 10)
     (gw.data_dir / "replica" / keys[1]).unlink()
 
-    _wait(lambda: damaged.read_bytes() == good)
-    _wait(lambda: (gw.data_dir / "replica" / keys[1]).exists())
+    wait_for(lambda: damaged.read_bytes() == good)
+    wait_for(lambda: (gw.data_dir / "replica" / keys[1]).exists())
     replica, primary = gw.data_dir / "replica" / keys[1], gw.data_dir / "objects" / keys[1]
     assert replica.read_bytes() == primary.read_bytes()
     with sqlite3.connect(gw.data_dir / "index.sqlite3") as db:

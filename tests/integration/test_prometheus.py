@@ -11,7 +11,6 @@ import contextlib
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +20,13 @@ import yaml
 
 from tests.dicomdata import make_study, multipart_related
 from tests.fixtures.gateway import REPO, Gateway, free_port
+from tests.polling import wait_for
 
 CHART_FILES = REPO / "deploy" / "helm" / "dicomgw" / "files"
 RULES = CHART_FILES / "rules" / "dicomgw.rules.yaml"
 DASHBOARD = CHART_FILES / "dashboards" / "dicomgw.json"
+# a Prometheus still starting answers with errors or non-JSON: not yet
+_NOT_YET = (httpx.HTTPError, AssertionError, KeyError, ValueError)
 
 
 def _binary(name: str) -> str:
@@ -69,7 +71,7 @@ def _prometheus(tmp_path: Path, targets: dict[str, str]) -> Iterator[str]:
     )
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
-        _until(lambda: _query(api, "sum(up)") == [float(len(targets))], 60, log)
+        wait_for(lambda: _query(api, "sum(up)") == [float(len(targets))], 60, ignore=_NOT_YET, log=log)
         yield api
     finally:
         proc.terminate()
@@ -85,18 +87,6 @@ def _query(api: str, expr: str) -> list[float]:
     return [float(item["value"][1]) for item in result]
 
 
-def _until(check, seconds: float, log: Path | None = None) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (httpx.HTTPError, AssertionError, KeyError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError("condition not met in time" + (f":\n{log.read_text()[-2000:]}" if log else ""))
-
-
 def _rule_expressions() -> dict[str, str]:
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
@@ -107,7 +97,7 @@ def test_every_expression_is_valid_and_a_forced_mismatch_fires(monitored) -> Non
     body, ct = multipart_related(make_study(1, 3))
     assert httpx.post(f"{gw.url}/studies", content=body, headers={"content-type": ct}).status_code == 200
     httpx.get(f"{gw.url}/studies")
-    _until(lambda: _query(api, 'max(dicomgw_originals{status="verified"})') == [3.0], 60)
+    wait_for(lambda: _query(api, 'max(dicomgw_originals{status="verified"})') == [3.0], 60, ignore=_NOT_YET)
     for expr in _rule_expressions().values():
         _query(api, expr)  # accepted by the server (most are quiet, as they should be)
     quiet = httpx.get(f"{api}/alerts").json()["data"]["alerts"]
@@ -129,7 +119,7 @@ def test_every_expression_is_valid_and_a_forced_mismatch_fires(monitored) -> Non
         return any(a["labels"]["alertname"] == "DicomgwChecksumMismatch" and a["state"] == "firing"
                    for a in alerts)
 
-    _until(firing, 60)
+    wait_for(firing, 60, ignore=_NOT_YET)
 
 
 def test_prometheus_scrapes_the_distributed_stack_under_load(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -144,7 +134,8 @@ def test_prometheus_scrapes_the_distributed_stack_under_load(stack, tmp_path: Pa
             httpx.get(f"{c.url}/studies", params={"limit": 5})
             httpx.get(f"{study}/metadata")
         by_service = 'sum by (service) (dicomgw_http_requests_total{route!~"/(metrics|healthz|readyz)"})'
-        _until(lambda: len(_query(api, by_service)) == 3, 60)
-        _until(lambda: sum(_query(api, 'sum(dicomgw_background_tasks_total{task="replicate"})')) >= 6, 90)
+        wait_for(lambda: len(_query(api, by_service)) == 3, 60, ignore=_NOT_YET)
+        replicated = 'sum(dicomgw_background_tasks_total{task="replicate"})'
+        wait_for(lambda: sum(_query(api, replicated)) >= 6, 90, ignore=_NOT_YET)
         for expr in _rule_expressions().values():
             _query(api, expr)
