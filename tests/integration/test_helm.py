@@ -22,6 +22,15 @@ from tests.fixtures.gateway import REPO
 
 CHART = REPO / "deploy" / "helm" / "dicomgw"
 PRODUCTION = CHART / "ci" / "production-values.yaml"
+# every chart-testing values file, and the defaults
+VALUES = [pytest.param([], id="default"),
+          *(pytest.param(["-f", str(p)], id=p.name.removesuffix("-values.yaml"))
+            for p in sorted((CHART / "ci").glob("*-values.yaml")))]
+# what a cluster with the Prometheus operator and Gateway API installed announces to Helm
+WITH_CRDS = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+             "--api-versions", "monitoring.coreos.com/v1/PrometheusRule",
+             "--api-versions", "gateway.networking.k8s.io/v1/HTTPRoute"]
+CRD_KINDS = {"HTTPRoute", "ServiceMonitor", "PrometheusRule"}
 HELM = Path(os.environ.get("DICOMGW_TOOLS", REPO / ".tools")) / "bin" / "helm"
 KUBE_VERSION = "1.31.0"
 NGINX = REPO / "services" / "gateway" / "src" / "dicomgw_gateway" / "nginx.conf.template"
@@ -39,7 +48,7 @@ def render(*extra: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
-@pytest.mark.parametrize("values", [[], ["-f", str(PRODUCTION)]], ids=["default", "production"])
+@pytest.mark.parametrize("values", VALUES)
 def test_lint_passes(values: list[str]) -> None:
     done = helm("lint", "--strict", str(CHART), *values)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -55,9 +64,9 @@ def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-@pytest.mark.parametrize("values", [[], ["-f", str(PRODUCTION)]], ids=["default", "production"])
+@pytest.mark.parametrize("values", VALUES)
 def test_every_workload_is_hardened_with_resources_and_probes(values: list[str]) -> None:
-    docs = render(*values)
+    docs = render(*values, *WITH_CRDS)
     specs = _pod_specs(docs)
     # ingest, query, retrieve, dimse, worker, beat, relay, migrations, smoke test
     assert len(specs) == 9
@@ -98,13 +107,70 @@ def test_production_values_use_existing_secrets_and_an_ingress() -> None:
 @pytest.mark.parametrize(
     ("setting", "value"),
     [("ingest.replicas", "abc"), ("config.logLevel", "loud"), ("redis.url", "http://x"),
-     ("unknownKey", "1"), ("metrics.serviceMonitor.interval", "often")],
+     ("unknownKey", "1"), ("metrics.serviceMonitor.interval", "often"),
+     ("metrics.serviceMonitor.enabled", "maybe"), ("networkPolicy.enabled", "yes")],
 )
 def test_schema_refuses_wrong_values(setting: str, value: str) -> None:
     done = helm("template", "dicomgw", str(CHART), "--kube-version", KUBE_VERSION,
                 "--set", f"{setting}={value}")
     assert done.returncode != 0
     assert "schema" in done.stderr.lower() or "values don't meet" in done.stderr.lower()
+
+
+def _kinds(*args: str) -> set[str]:
+    return {d["kind"] for d in render(*args)} & CRD_KINDS
+
+
+def test_objects_needing_crds_follow_the_cluster_unless_set_explicitly() -> None:
+    # a plain cluster: nothing that would stop the install at the first unknown kind
+    assert _kinds() == set()
+    # the operator and Gateway API installed: `auto` renders them
+    assert _kinds(*WITH_CRDS) == CRD_KINDS
+    # an explicit value wins either way
+    assert _kinds(*WITH_CRDS, "--set", "httpRoute.enabled=false",
+                  "--set", "metrics.prometheusRule.enabled=false") == {"ServiceMonitor"}
+    assert _kinds("--set", "metrics.serviceMonitor.enabled=true") == {"ServiceMonitor"}
+
+
+def _by_kind_name(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_the_migration_hook_brings_everything_it_needs(values: list[str]) -> None:
+    """Helm creates pre-install hooks before the release's other objects: the hook Job may use only
+    hook objects created before it (lower weight) or objects that exist before the install."""
+    docs = render(*values)
+    objects = _by_kind_name(docs)
+    job = objects[("Job", "dicomgw-migrate")]
+    hooks = {key: d for key, d in objects.items() if "helm.sh/hook" in d["metadata"].get("annotations", {})}
+
+    def weight(doc: dict[str, Any]) -> int:
+        return int(doc["metadata"]["annotations"].get("helm.sh/hook-weight", "0"))
+
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    earlier = {key for key, d in hooks.items()
+               if weight(d) < weight(job) and "pre-install" in d["metadata"]["annotations"]["helm.sh/hook"]}
+    for key in earlier:
+        assert "hook-succeeded" in hooks[key]["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    spec = job["spec"]["template"]["spec"]
+    assert ("ServiceAccount", spec["serviceAccountName"]) in earlier
+    [container] = spec["containers"]
+    assert "envFrom" not in container
+    for env in container["env"]:
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if ref is None:
+            continue
+        if ("Secret", ref["name"]) in objects:
+            # a Secret of the chart's: it must be one of the hook's own
+            assert ("Secret", ref["name"]) in earlier, ref
+
+
+def test_the_migration_hook_uses_an_existing_service_account() -> None:
+    docs = render("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=imaging")
+    job = _by_kind_name(docs)[("Job", "dicomgw-migrate")]
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "imaging"
+    assert not [d for d in docs if d["kind"] == "ServiceAccount"]
 
 
 def _nginx_route(method: str, path: str) -> str:
@@ -146,12 +212,12 @@ def _httproute_route(route: dict[str, Any], method: str, path: str) -> str:
      ("OPTIONS", "/dicom-web/studies")],
 )
 def test_httproute_routes_like_the_local_nginx(method: str, path: str) -> None:
-    [route] = [d for d in render() if d["kind"] == "HTTPRoute"]
+    [route] = [d for d in render(*WITH_CRDS) if d["kind"] == "HTTPRoute"]
     assert _httproute_route(route, method, path) == _nginx_route(method, path)
 
 
 def test_alert_rules_and_dashboard_are_the_checked_files() -> None:
-    docs = render()
+    docs = render(*WITH_CRDS)
     [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
     assert rule["spec"] == yaml.safe_load((CHART / "files" / "rules" / "dicomgw.rules.yaml").read_text())
     [dashboard] = [d for d in docs
@@ -165,7 +231,7 @@ def test_alert_rules_and_dashboard_are_the_checked_files() -> None:
 CUSTOM_KINDS = {"HTTPRoute", "ServiceMonitor", "PrometheusRule"}
 
 
-@pytest.mark.parametrize("values", [[], ["-f", str(PRODUCTION)]], ids=["default", "production"])
+@pytest.mark.parametrize("values", VALUES)
 def test_every_object_validates_against_the_kubernetes_schemas(values: list[str]) -> None:
     import kubernetes_validate
 

@@ -79,6 +79,11 @@ env:
 {{/* Pod-level settings shared by every workload. */}}
 {{- define "dicomgw.podSpec" -}}
 serviceAccountName: {{ include "dicomgw.serviceAccountName" . }}
+{{ include "dicomgw.podSettings" . }}
+{{- end -}}
+
+{{/* Pod-level settings but the service account (the migration hook brings its own). */}}
+{{- define "dicomgw.podSettings" -}}
 automountServiceAccountToken: false
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
@@ -115,4 +120,17 @@ volumeMounts:
     mountPath: /var/lib/dicomgw
   - name: tmp
     mountPath: /tmp
+{{- end -}}
+
+{{/*
+Whether an object of a CRD's kind is rendered: true/false as set, or "auto" to render it when the
+cluster serves the API (helm template: when --api-versions names it).
+Include with (dict "ctx" $ "value" .Values.x.enabled "api" "monitoring.coreos.com/v1/ServiceMonitor").
+*/}}
+{{- define "dicomgw.crdEnabled" -}}
+{{- if eq (toString .value) "auto" -}}
+{{- if .ctx.Capabilities.APIVersions.Has .api }}true{{ end -}}
+{{- else if .value -}}
+true
+{{- end -}}
 {{- end -}}
