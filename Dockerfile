@@ -9,7 +9,7 @@ ARG PYTHON=python:3.11-slim-bookworm
 FROM ${PYTHON} AS build
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never
 RUN pip install --no-cache-dir uv==0.13.9
-WORKDIR /src
+WORKDIR /app
 COPY pyproject.toml uv.lock ./
 COPY libs ./libs
 COPY services ./services
@@ -28,28 +28,28 @@ HEALTHCHECK --interval=15s --timeout=3s --retries=3 \
   CMD ["python", "-c", "import os,urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/healthz', timeout=3)"]
 
 FROM runtime AS ingest
-COPY --from=build /src/.venv /app/.venv
+COPY --from=build /app/.venv /app/.venv
 CMD ["sh", "-c", "exec uvicorn --factory dicomgw_ingest.app:create_app --host 0.0.0.0 --port $PORT --timeout-graceful-shutdown 30 --no-access-log"]
 
 FROM runtime AS query
-COPY --from=build /src/.venv /app/.venv
+COPY --from=build /app/.venv /app/.venv
 CMD ["sh", "-c", "exec uvicorn --factory dicomgw_query.app:create_app --host 0.0.0.0 --port $PORT --timeout-graceful-shutdown 30 --no-access-log"]
 
 FROM runtime AS retrieve
-COPY --from=build /src/.venv /app/.venv
+COPY --from=build /app/.venv /app/.venv
 CMD ["sh", "-c", "exec uvicorn --factory dicomgw_retrieve.app:create_app --host 0.0.0.0 --port $PORT --timeout-graceful-shutdown 30 --no-access-log"]
 
 FROM runtime AS worker
-COPY --from=build /src/.venv /app/.venv
+COPY --from=build /app/.venv /app/.venv
 HEALTHCHECK NONE
 CMD ["dicomgw-worker", "worker"]
 
 FROM runtime AS dimse
-COPY --from=build /src/.venv /app/.venv
+COPY --from=build /app/.venv /app/.venv
 HEALTHCHECK NONE
 EXPOSE 11112
 CMD ["dicomgw-dimse", "--host", "0.0.0.0", "--port", "11112"]
 
 FROM runtime AS gateway
-COPY --from=build /src/.venv /app/.venv
+COPY --from=build /app/.venv /app/.venv
 CMD ["dicomgw", "serve", "--host", "0.0.0.0"]
