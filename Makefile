@@ -10,8 +10,9 @@ export DICOMGW_TOOLS := $(TOOLS)
 # pinned versions of the tools built from their Go modules
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 HELM_VERSION := v3.22.0
+HELM_DOCS_VERSION := v1.14.2
 
-.PHONY: help install run up down test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-dcmtk tools-orthanc tools-browser
+.PHONY: help install run up down test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-helm-docs tools-kube tools-image tools-dcmtk tools-orthanc tools-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,6 +45,12 @@ tools-dcmtk:  ## install dcmtk (Debian package), a DIMSE peer for the tests
 tools-helm:  ## build Helm from its Go module into .tools (cached)
 	bash scripts/go-install.sh helm helm.sh/helm/v3/cmd/helm $(HELM_VERSION)
 
+tools-helm-docs:  ## build helm-docs (the chart README's parameters table) from its Go module into .tools (cached)
+	bash scripts/go-install.sh helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs $(HELM_DOCS_VERSION)
+
+tools-kube:  ## build a Kubernetes control plane (etcd, kube-apiserver, kwok...) from Go modules into .tools/kube (cached; ~8 min once)
+	bash scripts/build-kube.sh
+
 tools-prometheus:  ## install Prometheus and promtool (Debian packages)
 	bash scripts/apt-install.sh --needs prometheus --needs promtool --service prometheus prometheus
 
@@ -56,10 +63,13 @@ tools-postgres:  ## install PostgreSQL server binaries (Debian packages)
 tools-redis:  ## install Redis server (Debian package)
 	bash scripts/apt-install.sh --needs redis-server --service redis-server redis-server
 
+tools-image:  ## build the service images with podman on a debootstrap base into .tools/podman (cached; ~6 min once)
+	bash scripts/build-image.sh
+
 tools-browser:  ## install Chromium, playwright-core and the OHIF viewer build into .tools
 	bash scripts/install-browser.sh
 
-test: install tools-minio tools-helm tools-postgres tools-redis tools-nginx tools-prometheus tools-dcmtk tools-orthanc tools-browser  ## install everything the suite needs, then run all of it
+test: install tools-minio tools-helm tools-helm-docs tools-kube tools-image tools-postgres tools-redis tools-nginx tools-prometheus tools-dcmtk tools-orthanc tools-browser  ## install everything the suite needs, then run all of it
 	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: install  ## only the fast unit tests

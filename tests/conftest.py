@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.stack",
     "tests.fixtures.orthanc",
+    "tests.fixtures.kube",
 ]

@@ -243,3 +243,29 @@ def test_every_object_validates_against_the_kubernetes_schemas(values: list[str]
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
         checked += 1
     assert checked >= 15
+
+
+HELM_DOCS = HELM.parent / "helm-docs"
+
+
+def test_chart_readme_is_generated_from_the_values_comments() -> None:
+    """The README's parameters table is helm-docs' output for values.yaml as it is now, and every
+    value has a description."""
+    if not HELM_DOCS.exists():
+        pytest.fail("helm-docs is not built: run `make tools-helm-docs`")
+    done = subprocess.run([str(HELM_DOCS), "--dry-run", "--chart-search-root", str(CHART)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    readme = (CHART / "README.md").read_text()
+    assert done.stdout == readme, (
+        "deploy/helm/dicomgw/README.md is stale: run .tools/bin/helm-docs --chart-search-root "
+        "deploy/helm/dicomgw")
+    table = readme.split("## Values", 1)[1]
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) > 50
+    for key, _type, _default, description in rows:
+        assert description.strip(" |"), f"{key} has no `# --` description in values.yaml"
+    # the quick start names the values that must be set
+    quick = readme.split("## Quick start", 1)[1].split("##", 1)[0]
+    for value in ("index.url", "index.existingSecret", "storage.accessKey", "storage.existingSecret"):
+        assert value in quick
