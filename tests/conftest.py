@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.stack",
     "tests.fixtures.orthanc",
     "tests.fixtures.kube",
+    "tests.fixtures.issuer",
 ]

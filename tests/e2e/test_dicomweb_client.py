@@ -26,7 +26,9 @@ EXPLICIT_VR_LE = str(ExplicitVRLittleEndian)
 def client(request: pytest.FixtureRequest) -> DICOMwebClient:
     """The embedded gateway, and the split services behind the nginx router."""
     if request.param == "stack":
-        return DICOMwebClient(url=request.getfixturevalue("stack").config.url)
+        stack = request.getfixturevalue("stack")
+        # dicomweb-client with a bearer credential, as a research pipeline uses it
+        return DICOMwebClient(url=stack.config.url, headers=stack.headers)
     gateway: Gateway = request.getfixturevalue("gateway")
     return DICOMwebClient(url=gateway.url)
 

@@ -20,8 +20,8 @@ import pydicom
 
 from dicomgw.config import StorageSettings
 from dicomgw.storage.s3 import S3Store
-from dicomgw_gateway.stack import Stack
 from tests.dicomdata import make_instance, make_study, multipart_related, split_multipart
+from tests.fixtures.stack import StackUnderTest as Stack
 from tests.polling import wait_for
 
 ANY_TS = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -70,12 +70,12 @@ def replica(stack: Stack) -> Bucket:
 
 def stow(stack: Stack, parts: list[bytes]) -> httpx.Response:
     body, ct = multipart_related(parts)
-    return httpx.post(f"{stack.config.url}/studies", content=body, headers={"content-type": ct},
+    return stack.http.post(f"{stack.config.url}/studies", content=body, headers={"content-type": ct},
                       timeout=120)
 
 
 def status(stack: Stack) -> dict[str, Any]:
-    return httpx.get(f"http://127.0.0.1:{stack.config.port}/admin/status", timeout=10).json()
+    return stack.http.get(f"http://127.0.0.1:{stack.config.port}/admin/status", timeout=10).json()
 
 
 def all_settled(stack: Stack) -> bool:
@@ -90,7 +90,7 @@ def assert_intact(stack: Stack, parts: list[bytes]) -> None:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         url = (f"{stack.config.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
                f"/instances/{ds.SOPInstanceUID}")
-        resp = httpx.get(url, headers={"accept": ANY_TS}, timeout=60)
+        resp = stack.http.get(url, headers={"accept": ANY_TS}, timeout=60)
         assert resp.status_code == 200, resp.text
         [(_, payload)] = split_multipart(resp.content, resp.headers["content-type"])
         assert payload == data
@@ -101,18 +101,18 @@ def test_router_sends_each_transaction_to_its_service(stack: Stack) -> None:
     assert stow(stack, parts).status_code == 200
     url = stack.config.url
     ds = pydicom.dcmread(io.BytesIO(parts[0]), stop_before_pixels=True)
-    assert httpx.get(f"{url}/studies", params={"StudyInstanceUID": ds.StudyInstanceUID}).json()
-    assert len(httpx.get(f"{url}/studies/{ds.StudyInstanceUID}/series").json()) == 2
-    assert len(httpx.get(f"{url}/studies/{ds.StudyInstanceUID}/metadata").json()) == 4
-    frame = httpx.get(f"{url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+    assert stack.http.get(f"{url}/studies", params={"StudyInstanceUID": ds.StudyInstanceUID}).json()
+    assert len(stack.http.get(f"{url}/studies/{ds.StudyInstanceUID}/series").json()) == 2
+    assert len(stack.http.get(f"{url}/studies/{ds.StudyInstanceUID}/metadata").json()) == 4
+    frame = stack.http.get(f"{url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
                       f"{ds.SOPInstanceUID}/frames/1")
     assert frame.status_code == 200
     assert_intact(stack, parts)
-    refused = httpx.post(f"{url}/studies", content=b"x", headers={"content-type": "text/plain"})
+    refused = stack.http.post(f"{url}/studies", content=b"x", headers={"content-type": "text/plain"})
     assert refused.status_code == 415
-    assert httpx.get(f"{url}/studies/1.2.3/metadata").status_code == 404
+    assert stack.http.get(f"{url}/studies/1.2.3/metadata").status_code == 404
     # absolute URLs point back through the router
-    assert httpx.get(f"{url}/studies", params={"StudyInstanceUID": ds.StudyInstanceUID}).json()[0][
+    assert stack.http.get(f"{url}/studies", params={"StudyInstanceUID": ds.StudyInstanceUID}).json()[0][
         "00081190"]["Value"][0].startswith(url)
 
 
@@ -224,5 +224,5 @@ def test_dimse_front_door_of_the_stack_stores_into_minio(stack: Stack) -> None:
     ds = make_dataset()
     assert assoc.send_c_store(ds).Status == 0x0000
     assoc.release()
-    found = httpx.get(f"{stack.config.url}/studies/{ds.StudyInstanceUID}/instances").json()
+    found = stack.http.get(f"{stack.config.url}/studies/{ds.StudyInstanceUID}/instances").json()
     assert [i["00080018"]["Value"][0] for i in found] == [ds.SOPInstanceUID]

@@ -129,10 +129,10 @@ def test_prometheus_scrapes_the_distributed_stack_under_load(stack, tmp_path: Pa
     with _prometheus(tmp_path, {job: f"127.0.0.1:{port}" for job, port in ports.items()}) as api:
         for _ in range(3):  # a workload: store, search, retrieve
             body, ct = multipart_related(make_study(1, 2))
-            study = httpx.post(f"{c.url}/studies", content=body, headers={"content-type": ct},
-                               timeout=60).json()["00081190"]["Value"][0]
-            httpx.get(f"{c.url}/studies", params={"limit": 5})
-            httpx.get(f"{study}/metadata")
+            study = stack.http.post(f"{c.url}/studies", content=body,
+                                    headers={"content-type": ct}).json()["00081190"]["Value"][0]
+            stack.http.get(f"{c.url}/studies", params={"limit": 5})
+            stack.http.get(f"{study}/metadata")
         by_service = 'sum by (service) (dicomgw_http_requests_total{route!~"/(metrics|healthz|readyz)"})'
         wait_for(lambda: len(_query(api, by_service)) == 3, 60, ignore=_NOT_YET)
         replicated = 'sum(dicomgw_background_tasks_total{task="replicate"})'

@@ -126,7 +126,7 @@ async def client(backend: Any) -> AsyncIterator[httpx.AsyncClient]:
     if not isinstance(backend, dict):
         # the split services behind nginx: QIDO answered by the query service, STOW by ingest
         root = backend.config.url.removesuffix("/dicom-web")
-        async with httpx.AsyncClient(base_url=root, timeout=60) as c:
+        async with httpx.AsyncClient(base_url=root, timeout=60, headers=backend.headers) as c:
             body, ct = multipart_related(_archive())
             resp = await c.post("/dicom-web/studies", content=body, headers={"content-type": ct})
             assert resp.status_code == 200, resp.text

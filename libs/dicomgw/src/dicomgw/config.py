@@ -113,6 +113,36 @@ class HttpSettings(BaseSettings):
     qido_max_limit: int = 10000
 
 
+class AuthSettings(BaseSettings):
+    """Who may read, write and administer: OIDC access tokens for people, API keys for machines."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_AUTH_")
+
+    # none: every request is allowed (the embedded default, on 127.0.0.1); required: every DICOMweb
+    # and admin route needs a credential with the route's scope (API keys always, OIDC with an issuer)
+    mode: Literal["none", "required"] = "none"
+    # the OpenID provider (its discovery document is {issuer}/.well-known/openid-configuration)
+    issuer: str | None = None
+    # accepted `aud` values of access tokens; empty: `aud` is not checked
+    audience: list[str] = Field(default_factory=list)
+    # where the signing keys are, when not the discovery document's jwks_uri
+    jwks_url: str | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "RS384", "RS512", "PS256",
+                                                           "ES256", "ES384"])
+    # claims (dotted paths) whose values are scopes or roles: OAuth's `scope` and Keycloak's realm roles
+    scope_claims: list[str] = Field(default_factory=lambda: ["scope", "realm_access.roles"])
+    # roles or scopes of the provider that stand for dicomgw scopes, e.g. {"radiologist": ["dicom.read"]}
+    scope_map: dict[str, list[str]] = Field(default_factory=dict)
+    # tolerated clock difference for exp/nbf/iat
+    leeway_seconds: int = 60
+    # secret that API key hashes are keyed with (HMAC-SHA256); changing it invalidates every key
+    key_secret: str | None = None
+    # seconds a key's look-up is reused: a revocation takes effect on every service within this
+    key_cache_seconds: float = 5.0
+    # /metrics needs dicom.admin too (Prometheus then scrapes with an API key)
+    protect_metrics: bool = False
+
+
 class Settings(BaseSettings):
     """All settings of one dicomgw process."""
 
@@ -130,6 +160,7 @@ class Settings(BaseSettings):
     dimse: DimseSettings = Field(default_factory=DimseSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @property
     def objects_path(self) -> Path:

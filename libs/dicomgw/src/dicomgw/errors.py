@@ -21,11 +21,51 @@ class DicomgwError(Exception):
         super().__init__(detail or self.title)
         self.detail = detail or self.title
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers the error needs (a challenge, for instance)."""
+        return {}
+
 
 # ---- request-level errors ---------------------------------------------------------------------
 class BadRequest(DicomgwError):
     status = HTTPStatus.BAD_REQUEST
     title = "Bad request"
+
+
+class Unauthorized(DicomgwError):
+    """No credential, or one that is not valid (RFC 6750 3.1: a challenge says which)."""
+
+    status = HTTPStatus.UNAUTHORIZED
+    title = "Unauthorized"
+
+    def __init__(self, detail: str = "", *, invalid_token: bool = False) -> None:
+        super().__init__(detail or "a bearer token or API key is required")
+        self.invalid_token = invalid_token
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if not self.invalid_token:
+            return {"WWW-Authenticate": 'Bearer realm="dicomgw"'}
+        description = self.detail.replace('"', "'")
+        return {"WWW-Authenticate":
+                f'Bearer realm="dicomgw", error="invalid_token", error_description="{description}"'}
+
+
+class Forbidden(DicomgwError):
+    """A valid credential without the scope the route needs."""
+
+    status = HTTPStatus.FORBIDDEN
+    title = "Forbidden"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"this credential does not grant the scope {scope}")
+        self.scope = scope
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate":
+                f'Bearer realm="dicomgw", error="insufficient_scope", scope="{self.scope}"'}
 
 
 class NotFound(DicomgwError):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dicomgw.auth import Authenticator
 from dicomgw.config import Settings
 from dicomgw.index.db import create_engine, upgrade
 from dicomgw.index.repository import IndexRepository
@@ -20,6 +21,7 @@ class Runtime:
     engine: AsyncEngine
     index: IndexRepository
     store: ObjectStore
+    auth: Authenticator
     # the second copy of every original, when one is configured
     replica: ObjectStore | None = None
 
@@ -36,10 +38,12 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
                if settings.replica.enabled else None)
     # New originals owe a verification, and a replication when there is a replica.
     new_work = ("verify", "replicate") if replica is not None else ("verify",)
+    auth = Authenticator.from_settings(settings.auth, engine)
     try:
         yield Runtime(settings=settings, engine=engine, index=IndexRepository(engine, new_work),
-                      store=store, replica=replica)
+                      store=store, auth=auth, replica=replica)
     finally:
+        await auth.close()
         if replica is not None:
             await replica.close()
         await store.close()

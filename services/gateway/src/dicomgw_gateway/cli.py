@@ -8,8 +8,19 @@ import sys
 from pathlib import Path
 
 from dicomgw.config import Settings
-from dicomgw_gateway import pacs, smoke, upload
+from dicomgw_gateway import keys, pacs, smoke, upload
 from dicomgw_gateway.stack import main as stack_main
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -26,6 +37,11 @@ def _serve(args: argparse.Namespace) -> int:
     url = f"http://{settings.host}:{settings.port}{settings.http.base_path}"
     print(f"dicomgw serving DICOMweb at {url}  (data in {settings.data_dir.resolve()}; Ctrl-C stops)",
           flush=True)
+    if settings.auth.mode == "none" and not _loopback(settings.host):
+        print(f"WARNING: authentication is off (DICOMGW_AUTH_MODE=none) and {settings.host} is not a "
+              "loopback address: anybody who reaches this port can read and write every study. Set "
+              "DICOMGW_AUTH_MODE=required and create API keys with `dicomgw keys create`.",
+              file=sys.stderr, flush=True)
     # uvicorn stops on SIGINT/SIGTERM after in-flight requests finish; the lifespan then closes the
     # index and the store, so nothing is left half-written.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
@@ -80,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     upload.add_parser(sub)
     smoke.add_parser(sub)
     pacs.add_parser(sub)
+    keys.add_parser(sub)
     stack = sub.add_parser("stack", help="the local multi-process stack (make up / make down)")
     stack.add_argument("action", choices=["up", "down"])
     stack.add_argument("--run-dir", type=Path, default=Path("var/stack"))
@@ -92,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     return int(args.func(args) or 0)
 
 

@@ -12,13 +12,14 @@ import glob
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import httpx
@@ -58,6 +59,38 @@ class StackConfig:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}{self.base_path}"
 
+    def key_secret(self) -> str:
+        """The stack's API key hashing secret, made on first use and kept in run_dir (mode 0600)."""
+        path = self.run_dir / "key-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+    @classmethod
+    def running(cls, run_dir: Path = Path("var/stack")) -> StackConfig | None:
+        """The configuration of the stack `make up` started from this folder, if it is running."""
+        state_file = run_dir / "pids.json"
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if not any(_alive(pid) for pid in state.get("pids", {}).values()):
+            return None
+        saved = state["config"]
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, object] = {}
+        for name, value in saved.items():
+            kind = types.get(name)
+            if kind is None or name == "extra_env":
+                continue
+            values[name] = int(value) if kind in (int, "int") else Path(value) if kind in (
+                Path, "Path") else value
+        values["extra_env"] = state.get("extra_env", {})
+        return cls(**values)  # type: ignore[arg-type]
+
     def service_env(self) -> dict[str, str]:
         """The settings every dicomgw process of the stack runs with."""
         s3 = {"ENDPOINT_URL": f"http://127.0.0.1:{self.minio_port}", "BUCKET": "dicom-originals"}
@@ -69,6 +102,9 @@ class StackConfig:
             "DICOMGW_WORKER_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "DICOMGW_HTTP_BASE_PATH": self.base_path,
             "DICOMGW_WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            # the stack is a deployment: credentials required, API keys hashed with its own secret
+            "DICOMGW_AUTH_MODE": "required",
+            "DICOMGW_AUTH_KEY_SECRET": self.key_secret(),
         }
         for prefix, values in (("DICOMGW_STORAGE_", s3), ("DICOMGW_REPLICA_", replica)):
             env[prefix + "BACKEND"] = "s3"
@@ -134,6 +170,7 @@ class Stack:
 
     def _save(self) -> None:
         state = {"config": {k: str(v) for k, v in asdict(self.config).items()},
+                 "extra_env": self.config.extra_env,
                  "pids": {name: p.pid for name, p in self.procs.items()}}
         (self.run_dir / "pids.json").write_text(json.dumps(state, indent=1))
 

@@ -7,14 +7,16 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from dicomgw.auth import WRITE
 from dicomgw.dicom.parse import valid_uid
 from dicomgw.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
 from dicomgw.ingest import StowOutcome, count_outcomes, store_parts
 from dicomgw.multipart import parse_media_type, spool_parts, spool_single
 from dicomgw.web.deps import RuntimeDep, base_url
+from dicomgw.web.security import requires
 from dicomgw_ingest.stow import response_dataset
 
-router = APIRouter(tags=["STOW-RS"])
+router = APIRouter(tags=["STOW-RS"], dependencies=[requires(WRITE)])
 
 DICOM_JSON = "application/dicom+json"
 

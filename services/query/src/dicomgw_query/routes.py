@@ -14,13 +14,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from dicomgw.auth import READ
 from dicomgw.dicom.parse import BULK_BASE
 from dicomgw.errors import NotAcceptable
 from dicomgw.index.qido import RETRIEVE_URL, Level, parse_query, search
 from dicomgw.web.deps import RuntimeDep, base_url
 from dicomgw.web.media import maybe_gzip, parse_accept
+from dicomgw.web.security import requires
 
-router = APIRouter(tags=["QIDO-RS"])
+router = APIRouter(tags=["QIDO-RS"], dependencies=[requires(READ)])
 
 DICOM_JSON = "application/dicom+json"
 _UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')

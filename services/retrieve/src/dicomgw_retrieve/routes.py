@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from dicomgw.auth import READ
 from dicomgw.dicom.frames import PixelDataUndecodable
 from dicomgw.dicom.parse import BULK_BASE, valid_uid
 from dicomgw.dicom.render import RenderOptions, parse_options
@@ -22,9 +23,10 @@ from dicomgw.web.media import (
     parse_accept,
 )
 from dicomgw.web.multipart import Part, multipart_response, once
+from dicomgw.web.security import requires
 from dicomgw_retrieve import negotiate, reader
 
-router = APIRouter(tags=["WADO-RS"])
+router = APIRouter(tags=["WADO-RS"], dependencies=[requires(READ)])
 
 _FRAME_LIST = re.compile(r"^\d{1,9}(,\d{1,9})*$")
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")

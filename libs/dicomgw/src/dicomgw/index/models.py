@@ -147,3 +147,25 @@ class OutboxItem(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (UniqueConstraint("task", "key", name="uq_outbox_task_key"),)
+
+
+class ApiKey(Base):
+    """A machine credential. Only a keyed hash of the key is stored; the key itself is shown once.
+
+    A revoked key keeps its row (and its name: audit events name keys, so a name is never reused).
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    # HMAC-SHA256 of the whole key under the deployment's key secret
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    # the first characters of the key, to recognise it in `dicomgw keys list`
+    prefix: Mapped[str] = mapped_column(String(16))
+    # space-delimited scopes (dicom.read dicom.write dicom.admin)
+    scopes: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,17 +1,23 @@
-"""Operational endpoints outside the DICOMweb root: liveness, readiness and integrity status."""
+"""Operational endpoints outside the DICOMweb root: liveness, readiness and integrity status.
+
+/healthz and /readyz answer anybody (kubelets and load balancers carry no credentials); /metrics too,
+unless ``auth.protect_metrics``; /admin/* needs dicom.admin.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from dicomgw.auth import ADMIN
 from dicomgw.metrics import set_integrity
 from dicomgw.status import integrity_status
 from dicomgw.web.deps import RuntimeDep
+from dicomgw.web.security import authorize, requires
 
 router = APIRouter(include_in_schema=False)
 
@@ -42,14 +48,16 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(runtime: RuntimeDep) -> Response:
+async def metrics(runtime: RuntimeDep, request: Request) -> Response:
     """Prometheus exposition; integrity gauges are refreshed from the index on each scrape."""
+    if runtime.settings.auth.protect_metrics:
+        await authorize(request, ADMIN)
     if runtime.settings.metrics_integrity:
         set_integrity(await integrity_status(runtime.index, replica_enabled=runtime.replica is not None))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/admin/status")
+@router.get("/admin/status", dependencies=[requires(ADMIN)])
 async def status(runtime: RuntimeDep) -> dict[str, Any]:
     """Counts of verified, pending, damaged and replicated originals, and the oldest unverified age."""
     return await integrity_status(runtime.index, replica_enabled=runtime.replica is not None)

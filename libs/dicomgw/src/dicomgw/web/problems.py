@@ -28,7 +28,9 @@ def problem(status: int, title: str, detail: str = "", **extra: object) -> Respo
 
 async def _dicomgw_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DicomgwError)
-    return problem(int(exc.status), exc.title, exc.detail)
+    response = problem(int(exc.status), exc.title, exc.detail)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

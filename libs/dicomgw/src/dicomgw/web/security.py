@@ -1,0 +1,44 @@
+"""Each route declares the scope it needs; this dependency checks the request's credential for it.
+
+    router = APIRouter(dependencies=[requires(READ)])
+
+No credential or an invalid one: 401 with a Bearer challenge; a valid one without the scope: 403;
+both application/problem+json (``dicomgw.errors``). CORS preflights never get here: the CORS
+middleware answers them before routing. The Principal is left on ``request.state.principal``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, Request
+
+from dicomgw.auth import Principal
+from dicomgw.errors import Forbidden
+from dicomgw.runtime import Runtime
+
+
+async def authorize(request: Request, scope: str) -> Principal:
+    """The request's Principal if its credential grants ``scope``; Unauthorized or Forbidden if not."""
+    runtime: Runtime = request.app.state.runtime
+    principal = await runtime.auth.authenticate(request.headers.get("authorization"))
+    request.state.principal = principal
+    if not principal.may(scope):
+        raise Forbidden(scope)
+    return principal
+
+
+def requires(scope: str) -> Any:
+    """A route dependency admitting requests whose credential grants ``scope``."""
+
+    async def check(request: Request) -> Principal:
+        return await authorize(request, scope)
+
+    check.__name__ = f"requires_{scope.replace('.', '_')}"
+    return Depends(check)
+
+
+def principal_of(request: Request) -> Principal | None:
+    return getattr(request.state, "principal", None)
+
+
