@@ -47,6 +47,9 @@ def _create_existing_secrets(cluster: Cluster, namespace: str,
         name = values.get(store, {}).get("existingSecret")
         if name:
             secrets[name] = {"access-key": f"{store}-user", "secret-key": f"{store}-password"}
+    auth = values.get("auth", {})
+    if auth.get("existingSecret"):
+        secrets[auth["existingSecret"]] = {auth.get("existingSecretKey", "key-secret"): "api-key-hashing"}
     for name, data in secrets.items():
         manifest = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
                     "type": "Opaque", "stringData": data}

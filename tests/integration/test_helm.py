@@ -269,3 +269,57 @@ def test_chart_readme_is_generated_from_the_values_comments() -> None:
     quick = readme.split("## Quick start", 1)[1].split("##", 1)[0]
     for value in ("index.url", "index.existingSecret", "storage.accessKey", "storage.existingSecret"):
         assert value in quick
+
+
+def _containers(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for doc in docs:
+        spec = doc.get("spec", {})
+        pod = spec.get("template", {}).get("spec") or (spec if doc["kind"] == "Pod" else None)
+        if pod is None and doc["kind"] == "Job":
+            pod = spec["template"]["spec"]
+        for container in (pod or {}).get("containers", []):
+            out.append((f"{doc['kind']}/{doc['metadata']['name']}", container))
+    return out
+
+
+def test_credentials_are_required_by_default_with_a_hashing_secret_kept_by_the_chart() -> None:
+    docs = render()
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config"))
+    assert config["data"]["DICOMGW_AUTH_MODE"] == "required"
+    assert "DICOMGW_AUTH_ISSUER" not in config["data"]  # API keys only until an issuer is set
+    assert json.loads(config["data"]["DICOMGW_AUTH_SCOPE_CLAIMS"]) == ["scope", "realm_access.roles"]
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "dicomgw-secrets")
+    assert len(secret["stringData"]["auth-key-secret"]) == 48
+    services = [(name, c) for name, c in _containers(docs) if name.startswith(("Deployment/", "Pod/"))]
+    assert len(services) >= 7
+    for name, container in services:
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env["DICOMGW_AUTH_KEY_SECRET"]["valueFrom"]["secretKeyRef"] == {
+            "name": "dicomgw-secrets", "key": "auth-key-secret"}, name
+    # the helm test makes a key of its own for its round trip
+    smoke = next(c for name, c in _containers(docs) if name.endswith("-smoke"))
+    assert "--ephemeral-key" in smoke["args"]
+
+
+def test_anonymous_access_must_be_asked_for_in_so_many_words() -> None:
+    refused = helm("template", "dicomgw", str(CHART), "--kube-version", KUBE_VERSION,
+                   "--set", "auth.mode=none")
+    assert refused.returncode != 0 and "allowAnonymous" in refused.stderr, refused.stderr
+    docs = render("--set", "auth.mode=none", "--set", "auth.allowAnonymous=true")
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config"))
+    assert config["data"]["DICOMGW_AUTH_MODE"] == "none"
+    smoke = next(c for name, c in _containers(docs) if name.endswith("-smoke"))
+    assert "--ephemeral-key" not in smoke["args"]
+
+
+def test_production_values_name_the_hospitals_provider_and_an_existing_hashing_secret() -> None:
+    docs = render("-f", str(PRODUCTION))
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config"))
+    assert config["data"]["DICOMGW_AUTH_ISSUER"] == "https://login.hospital.example/realms/radiology"
+    assert json.loads(config["data"]["DICOMGW_AUTH_AUDIENCE"]) == ["dicomgw"]
+    assert json.loads(config["data"]["DICOMGW_AUTH_SCOPE_MAP"])["radiologist"] == ["dicom.read"]
+    ingest = next(c for name, c in _containers(docs) if name.endswith("-ingest"))
+    env = {e["name"]: e for e in ingest["env"]}
+    assert env["DICOMGW_AUTH_KEY_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "dicomgw-auth", "key": "key-secret"}

@@ -255,21 +255,28 @@ def test_images_serve_stow_qido_wado_from_the_charts_manifests(
                 raise AssertionError(f"{name} never became ready:\n{podman.logs(f'{full}-{name}-pod-0')}") \
                     from exc
 
-        # 3. STOW-RS to ingest, QIDO-RS from query, WADO-RS from retrieve
+        # 3. credentials are required: an API key made the way the chart's README says
+        # (`kubectl exec deploy/<release>-ingest -- dicomgw keys create ...`)
+        assert httpx.get(f"{roots['query']}/dicom-web/studies", timeout=30).status_code == 401
+        made = podman("exec", f"{full}-ingest-pod-0-ingest", "dicomgw", "keys", "create", "image-test",
+                      "--scopes", "dicom.read,dicom.write")
+        auth = {"authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+
+        # 4. STOW-RS to ingest, QIDO-RS from query, WADO-RS from retrieve
         data = make_instance(patient_name="Image^Test", patient_id="IMG-1")
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         body, content_type = multipart_related([data])
         stored = httpx.post(f"{roots['ingest']}/dicom-web/studies", content=body,
-                            headers={"content-type": content_type, "accept": "application/dicom+json"},
-                            timeout=120)
+                            headers={**auth, "content-type": content_type,
+                                     "accept": "application/dicom+json"}, timeout=120)
         assert stored.status_code == 200, stored.text
         found = httpx.get(f"{roots['query']}/dicom-web/studies/{ds.StudyInstanceUID}/instances",
-                          headers={"accept": "application/dicom+json"}, timeout=60)
+                          headers={**auth, "accept": "application/dicom+json"}, timeout=60)
         assert found.status_code == 200, found.text
         assert [i["00080018"]["Value"][0] for i in found.json()] == [ds.SOPInstanceUID]
         instance = (f"{roots['retrieve']}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
                     f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
-        fetched = httpx.get(instance, headers={"accept": ANY_TS}, timeout=60)
+        fetched = httpx.get(instance, headers={**auth, "accept": ANY_TS}, timeout=60)
         assert fetched.status_code == 200, fetched.text
         [(_, payload)] = split_multipart(fetched.content, fetched.headers["content-type"])
         assert payload == data

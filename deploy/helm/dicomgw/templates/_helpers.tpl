@@ -66,6 +66,9 @@ env:
   - name: DICOMGW_STORAGE_SECRET_KEY
     valueFrom:
       {{- include "dicomgw.secretRef" (dict "ctx" . "existing" .Values.storage.existingSecret "key" "secret-key" "own" "storage-secret-key") | nindent 6 }}
+  - name: DICOMGW_AUTH_KEY_SECRET
+    valueFrom:
+      {{- include "dicomgw.secretRef" (dict "ctx" . "existing" .Values.auth.existingSecret "key" .Values.auth.existingSecretKey "own" "auth-key-secret") | nindent 6 }}
   {{- if .Values.replica.endpointUrl }}
   - name: DICOMGW_REPLICA_ACCESS_KEY
     valueFrom:

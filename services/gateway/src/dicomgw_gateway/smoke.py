@@ -1,12 +1,19 @@
 """`dicomgw smoke`: store a generated instance, find it by QIDO, fetch it byte-exact by WADO.
 
 Used by the chart's `helm test`; the three URLs may be one (behind a router) or one per service.
+Credentials: `--token` (an API key or access token), or `--ephemeral-key`, which creates a read/write
+key that expires in 15 minutes in the index the DICOMGW_* settings name and revokes it afterwards
+(the chart's test pod has those settings; nobody has to hand it a key).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
+import os
+import secrets
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import numpy as np
@@ -39,7 +46,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--stow-url")
     parser.add_argument("--qido-url")
     parser.add_argument("--wado-url")
+    parser.add_argument("--token", default=os.environ.get("DICOMGW_TOKEN"),
+                        help="API key or access token (default: $DICOMGW_TOKEN)")
+    parser.add_argument("--ephemeral-key", action="store_true",
+                        help="create a 15-minute read/write key in the configured index, revoke it after")
     parser.set_defaults(func=run)
+
+
+async def _keys(action: str, name: str) -> str:
+    from dicomgw.auth import READ, WRITE
+    from dicomgw.auth.keys import ApiKeys
+    from dicomgw.config import Settings
+    from dicomgw.index.db import create_engine
+
+    settings = Settings()
+    engine = create_engine(settings.index_url, pool_size=1)
+    try:
+        keys = ApiKeys(engine, settings.auth.key_secret)
+        if action == "create":
+            key, _ = await keys.create(name, {READ, WRITE}, datetime.now(UTC) + timedelta(minutes=15))
+            return key
+        await keys.revoke(name)
+        return ""
+    finally:
+        await engine.dispose()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,8 +79,19 @@ def run(args: argparse.Namespace) -> int:
     if not (stow_url and qido_url and wado_url):
         print("give --url, or all of --stow-url, --qido-url and --wado-url")
         return 2
+    name = f"smoke-test-{secrets.token_hex(4)}"
+    token = asyncio.run(_keys("create", name)) if args.ephemeral_key else args.token
+    try:
+        return _round_trip(stow_url, qido_url, wado_url, token)
+    finally:
+        if args.ephemeral_key:
+            asyncio.run(_keys("revoke", name))
+
+
+def _round_trip(stow_url: str, qido_url: str, wado_url: str, token: str | None) -> int:
     ds, data = _instance()
-    with httpx.Client(timeout=60) as client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(timeout=60, headers=headers) as client:
         stored = client.post(f"{stow_url}/studies", content=data,
                              headers={"content-type": "application/dicom"})
         if stored.status_code != 200:
