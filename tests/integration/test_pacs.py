@@ -1,4 +1,8 @@
-"""Hospital integration with a real Orthanc: forwarding rule by STOW-RS, and backfill with resumption."""
+"""Hospital integration with a real Orthanc: forwarding rule by STOW-RS, and backfill with resumption.
+
+The gateway requires credentials, as a deployment does: Orthanc's DICOMweb client and `dicomgw pacs
+import` send an API key made with `dicomgw keys create`.
+"""
 
 from __future__ import annotations
 
@@ -22,15 +26,30 @@ DICOMGW = str(Path(sys.executable).parent / "dicomgw")
 ANY_TS = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
+def _secured(make_gateway, scopes: str = "dicom.read,dicom.write") -> tuple[Gateway, dict[str, str], str]:  # type: ignore[no-untyped-def]
+    """A gateway requiring credentials, the headers of a fresh API key, and the key."""
+    import os
+
+    gw: Gateway = make_gateway({"DICOMGW_AUTH_MODE": "required"})
+    env = {**os.environ, "DATA_DIR": str(gw.data_dir),
+           "DICOMGW_INDEX_URL": f"sqlite+aiosqlite:///{gw.data_dir.resolve() / 'index.sqlite3'}"}
+    made = subprocess.run([DICOMGW, "keys", "create", "orthanc-forwarder", "--scopes", scopes],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    assert httpx.get(f"{gw.url}/studies").status_code == 401
+    return gw, {"Authorization": f"Bearer {key}"}, key
+
+
 def _study_uid(data: bytes) -> str:
     return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID)
 
 
 def test_orthanc_forwards_new_studies_to_the_gateway(make_gateway, orthanc: OrthancServer,  # type: ignore[no-untyped-def]
                                                      tmp_path: Path) -> None:
-    gw: Gateway = make_gateway()
-    done = subprocess.run([DICOMGW, "pacs", "connect", "--orthanc", orthanc.url, "--gateway", gw.url],
-                          capture_output=True, text=True, timeout=60)
+    gw, auth, key = _secured(make_gateway)
+    done = subprocess.run([DICOMGW, "pacs", "connect", "--orthanc", orthanc.url, "--gateway", gw.url,
+                           "--token", key], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     parts = make_study(2, 2)
     files = []
@@ -45,10 +64,10 @@ def test_orthanc_forwards_new_studies_to_the_gateway(make_gateway, orthanc: Orth
     deadline = time.monotonic() + 60
     found: list[object] = []
     while time.monotonic() < deadline and len(found) < 4:
-        found = httpx.get(f"{gw.url}/studies/{study}/instances").json()
+        found = httpx.get(f"{gw.url}/studies/{study}/instances", headers=auth).json()
         time.sleep(0.5)
     assert len(found) == 4, orthanc.log.read_text()[-2000:]
-    resp = httpx.get(f"{gw.url}/studies/{study}", headers={"accept": ANY_TS})
+    resp = httpx.get(f"{gw.url}/studies/{study}", headers={**auth, "accept": ANY_TS})
     parts_back = split_multipart(resp.content, resp.headers["content-type"])
     got = {str(d.SOPInstanceUID): d for d in (pydicom.dcmread(io.BytesIO(p)) for _, p in parts_back)}
     for data in parts:
@@ -57,18 +76,19 @@ def test_orthanc_forwards_new_studies_to_the_gateway(make_gateway, orthanc: Orth
 
 
 def test_backfill_imports_everything_once(make_gateway, orthanc: OrthancServer) -> None:  # type: ignore[no-untyped-def]
-    gw: Gateway = make_gateway()
+    gw, auth, key = _secured(make_gateway)
     studies = [make_study(1, 3, study_date="20230105"), make_study(2, 2, study_date="20240610")]
     for parts in studies:
         for data in parts:
             assert httpx.post(f"{orthanc.url}/instances", content=data).status_code == 200
-    args = ["pacs", "import", "--orthanc", orthanc.url, "--gateway", gw.url]
+    args = ["pacs", "import", "--orthanc", orthanc.url, "--gateway", gw.url, "--token", key]
     first = subprocess.run([DICOMGW, *args], capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stdout + first.stderr
     report = json.loads(first.stdout.strip().splitlines()[-1])
     assert report == {"studies": 2, "imported": 2, "already_present": 0, "instances": 7, "failed": 0}
     for parts in studies:
-        assert len(httpx.get(f"{gw.url}/studies/{_study_uid(parts[0])}/instances").json()) == len(parts)
+        held = httpx.get(f"{gw.url}/studies/{_study_uid(parts[0])}/instances", headers=auth).json()
+        assert len(held) == len(parts)
     second = subprocess.run([DICOMGW, *args], capture_output=True, text=True, timeout=120)
     report = json.loads(second.stdout.strip().splitlines()[-1])
     assert report == {"studies": 2, "imported": 0, "already_present": 2, "instances": 0, "failed": 0}
@@ -83,7 +103,7 @@ def test_backfill_through_the_worker_tier(make_gateway, orthanc: OrthancServer, 
 
     from tests.fixtures.processes import BIN, spawn, stop
 
-    gw: Gateway = make_gateway()
+    gw, auth, key = _secured(make_gateway)
     env = {"DATA_DIR": str(tmp_path / "worker"), "DICOMGW_WORKER_BROKER_URL": redis_server.url}
     worker = spawn([str(BIN / "dicomgw-worker"), "worker", "--concurrency=1"], env,
                    tmp_path / "worker.log")
@@ -94,13 +114,13 @@ def test_backfill_through_the_worker_tier(make_gateway, orthanc: OrthancServer, 
                 assert httpx.post(f"{orthanc.url}/instances", content=data).status_code == 200
         done = subprocess.run(
             [DICOMGW, "pacs", "import", "--orthanc", orthanc.url, "--gateway", gw.url,
-             "--via-worker", "--timeout", "120"],
+             "--via-worker", "--timeout", "120", "--token", key],
             capture_output=True, text=True, timeout=180, env={**os.environ, **env})
         assert done.returncode == 0, done.stdout + done.stderr + (tmp_path / "worker.log").read_text()
         assert json.loads(done.stdout.strip().splitlines()[-1]) == {
             "studies": 2, "complete": 2, "incomplete": 0}
         for parts in studies:
-            held = httpx.get(f"{gw.url}/studies/{_study_uid(parts[0])}/instances").json()
+            held = httpx.get(f"{gw.url}/studies/{_study_uid(parts[0])}/instances", headers=auth).json()
             assert len(held) == len(parts)
     finally:
         stop(worker)

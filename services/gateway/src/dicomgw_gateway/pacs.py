@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 
 import httpx
 from pyorthanc import Orthanc
@@ -53,6 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         p.add_argument("--gateway", required=True, help="the gateway's DICOMweb root")
         p.add_argument("--orthanc-user")
         p.add_argument("--orthanc-password")
+        p.add_argument("--token", default=os.environ.get("DICOMGW_TOKEN"),
+                       help="the gateway's API key (dicomgw keys create; default: $DICOMGW_TOKEN)")
     connect.add_argument("--orthanc-dicomweb-root", default="/dicom-web",
                          help="Orthanc's DicomWeb.Root (default /dicom-web)")
     connect.add_argument("--print-lua", action="store_true",
@@ -84,7 +87,11 @@ def run_connect(args: argparse.Namespace) -> int:
         return 0
     orthanc = _orthanc(args)
     # the DICOMweb plugin's server registry: chunked transfer off for the widest compatibility
-    server = {"Url": args.gateway.rstrip("/") + "/", "HasDelete": False, "ChunkedTransfers": False}
+    server: dict[str, object] = {"Url": args.gateway.rstrip("/") + "/", "HasDelete": False,
+                                 "ChunkedTransfers": False}
+    if args.token:
+        # the plugin sends these headers with every request to this server (STOW-RS included)
+        server["HttpHeaders"] = {"Authorization": f"Bearer {args.token}"}
     base = args.orthanc.rstrip("/")
     root = args.orthanc_dicomweb_root.rstrip("/")
     resp = orthanc.put(f"{base}{root}/servers/{SERVER_NAME}", json=server)
@@ -127,8 +134,9 @@ def run_import(args: argparse.Namespace) -> int:
 
             async def one(study_id: str) -> None:
                 try:
-                    await import_study(args.orthanc.rstrip("/"), auth, gateway, study_id, tally, limit)
-                except httpx.HTTPError:
+                    await import_study(args.orthanc.rstrip("/"), auth, gateway, study_id, tally, limit,
+                                       args.token)
+                except (httpx.HTTPError, PermissionError):
                     tally.failed += 1
                 progress.advance(task)
 
@@ -150,13 +158,14 @@ def _import_via_worker(args: argparse.Namespace, console: Console, found: list[s
 
     base = args.orthanc.rstrip("/")
     expected: dict[str, int] = {}
+    gateway_headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     with httpx.Client(timeout=60, auth=auth) as client:
         for study_id in found:
             study = client.get(f"{base}/studies/{study_id}").json()
             instances = client.get(f"{base}/studies/{study_id}/instances").json()
             expected[study["MainDicomTags"]["StudyInstanceUID"]] = len(instances)
             celery.send_task("dicomgw.import_study", args=[base, study_id, gateway,
-                                                           list(auth) if auth else None])
+                                                           list(auth) if auth else None, args.token])
         done: set[str] = set()
         deadline = time.monotonic() + args.timeout
         columns = [TextColumn("[bold]importing (worker tier)"), BarColumn(), MofNCompleteColumn(),
@@ -167,7 +176,7 @@ def _import_via_worker(args: argparse.Namespace, console: Console, found: list[s
                 for uid, count in expected.items():
                     if uid in done:
                         continue
-                    held = client.get(f"{gateway}/studies/{uid}/instances",
+                    held = client.get(f"{gateway}/studies/{uid}/instances", headers=gateway_headers,
                                       params={"includefield": "00080018", "limit": 100000})
                     if held.status_code == 200 and len(held.json()) >= count:
                         done.add(uid)

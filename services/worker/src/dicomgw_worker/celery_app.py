@@ -147,15 +147,18 @@ def repair_task(self: Task, outbox_id: int, key: str) -> str:
 
 @celery.task(name="dicomgw.import_study", bind=True, acks_late=True)
 def import_study_task(self: Task, orthanc_url: str, study_id: str, gateway_url: str,
-                      auth: list[str] | None = None) -> dict[str, int]:
-    """Backfill one study from a PACS (idempotent: instances the gateway holds are skipped)."""
+                      auth: list[str] | None = None, token: str | None = None) -> dict[str, int]:
+    """Backfill one study from a PACS (idempotent: instances the gateway holds are skipped).
+
+    ``auth`` (Orthanc's) and ``token`` (the gateway's) travel in the task like the rest of its
+    arguments: the broker is inside the deployment's trust boundary."""
     from dicomgw.pacs_import import ImportTally, import_study
 
     tally = ImportTally(studies=1)
 
     async def go() -> None:
         await import_study(orthanc_url, tuple(auth) if auth else None, gateway_url, study_id, tally,
-                           asyncio.Semaphore(1))
+                           asyncio.Semaphore(1), token)
 
     try:
         _ProcessRuntime.run(go())
