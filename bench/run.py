@@ -8,6 +8,8 @@
   aiobotocore directly (--s3; needs `make tools-minio`).
 - WADO-RS frames (what OHIF fetches per image) vs reading the same bytes from the original file.
 - QIDO-RS study search with computed attributes vs the raw SQLite scan of the same rows.
+- WADO-RS frames per second with the audit trail on vs off (the same data, eight frames in flight
+  as a viewer has; alternating runs so that drift does not favour either).
 Results are printed and written to bench/results/latest.json (git-ignored).
 """
 
@@ -113,6 +115,43 @@ async def qido_vs_raw(url: str, data_dir: Path, rounds: int = 50) -> dict[str, f
                    "where s.patient_name_folded like 'bench%' limit 101").fetchall()
     raw = (time.perf_counter() - t0) / rounds
     return {"gateway_s_per_query": gateway, "raw_sql_s_per_query": raw, "ratio": gateway / raw}
+
+
+async def frames_per_second(url: str, rounds: int = 400, concurrency: int = 8) -> float:
+    async with httpx.AsyncClient(timeout=60) as client:
+        studies = (await client.get(f"{url}/studies", params={"limit": 1})).json()
+        study = studies[0]["0020000D"]["Value"][0]
+        instances = (await client.get(f"{url}/studies/{study}/instances")).json()
+        targets = [(i["0020000E"]["Value"][0], i["00080018"]["Value"][0]) for i in instances]
+        accept = {"accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"}
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(n: int) -> None:
+            series, sop = targets[n % len(targets)]
+            async with sem:
+                r = await client.get(f"{url}/studies/{study}/series/{series}/instances/{sop}/frames/1",
+                                     headers=accept)
+                r.raise_for_status()
+
+        await asyncio.gather(*(one(n) for n in range(20)))  # warm-up
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(n) for n in range(rounds)))
+        return rounds / (time.perf_counter() - t0)
+
+
+def audit_on_vs_off(data_dir: Path, repeats: int = 3) -> dict[str, float]:
+    """Frames per second of the same gateway data with the audit trail on and off."""
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(repeats):
+        for label in ("on", "off"):
+            gw = start_gateway(data_dir, {"DICOMGW_AUDIT_ENABLED": "true" if label == "on" else "false"})
+            try:
+                rates[label].append(asyncio.run(frames_per_second(gw.url)))
+            finally:
+                gw.stop()
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    return {"frames_per_s_audit_on": round(on, 1), "frames_per_s_audit_off": round(off, 1),
+            "on_over_off": round(on / off, 3)}
 
 
 def _write_all(parts: list[bytes], folder: Path) -> list[tuple[Path, bytes, int]]:
@@ -229,13 +268,13 @@ def main() -> int:
                     results[name] = {"error": repr(exc)[:200]}
         finally:
             gw.stop()
+        results["audit_frames"] = audit_on_vs_off(gw.data_dir)
         if args.s3:
             results["stow_s3"] = bench_s3(parts, Path(tmp))
     print(json.dumps(results, indent=2))
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
-    _ = statistics  # kept for per-round spreads when rounds are reported
     return 0
 
 

@@ -143,6 +143,18 @@ class AuthSettings(BaseSettings):
     protect_metrics: bool = False
 
 
+class AuditSettings(BaseSettings):
+    """The audit trail of accesses to patient data (PS3.15 A.5 events, kept in the index)."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_AUDIT_")
+
+    enabled: bool = True
+    # seconds between batched writes (identical events within one are written once, with a count)
+    flush_seconds: float = 1.0
+    # AuditSourceID of the messages: which archive wrote them
+    source_id: str = "dicomgw"
+
+
 class Settings(BaseSettings):
     """All settings of one dicomgw process."""
 
@@ -161,6 +173,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @property
     def objects_path(self) -> Path:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dicomgw.audit import AuditTrail
 from dicomgw.auth import Authenticator
 from dicomgw.config import Settings
 from dicomgw.index.db import create_engine, upgrade
@@ -22,6 +23,7 @@ class Runtime:
     index: IndexRepository
     store: ObjectStore
     auth: Authenticator
+    audit: AuditTrail
     # the second copy of every original, when one is configured
     replica: ObjectStore | None = None
 
@@ -41,7 +43,8 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
     auth = Authenticator.from_settings(settings.auth, engine)
     try:
         yield Runtime(settings=settings, engine=engine, index=IndexRepository(engine, new_work),
-                      store=store, auth=auth, replica=replica)
+                      store=store, auth=auth,
+                      audit=AuditTrail(engine, settings.audit.flush_seconds), replica=replica)
     finally:
         await auth.close()
         if replica is not None:

@@ -68,6 +68,7 @@ async def _stow(request: Request, runtime: RuntimeDep, study_uid: str | None) ->
     if not outcome.results:
         raise BadRequest("the request contained no parts")
     count_outcomes(outcome)
+    request.state.audit_studies = [r.study_instance_uid for r in outcome.results if r.study_instance_uid]
     dataset = response_dataset(outcome, base_url(request), study_uid)
     return Response(json.dumps(dataset), status_code=outcome.status_code, media_type=DICOM_JSON)
 

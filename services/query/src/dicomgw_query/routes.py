@@ -62,6 +62,9 @@ async def _search(request: Request, runtime: RuntimeDep, level: Level,
     async with runtime.index.sessions() as session:
         results = await search(session, query,
                                case_insensitive=runtime.settings.index.case_insensitive_names)
+    # the audit trail's "who looked at this study" includes the searches that listed it
+    request.state.audit_studies = [obj["0020000D"]["Value"][0] for obj in results
+                                   if obj.get("0020000D", {}).get("Value")]
     base = base_url(request)
     for obj in results:
         obj[RETRIEVE_URL] = {"vr": "UR", "Value": [_retrieve_url(base, level, obj)]}

@@ -169,3 +169,25 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEventRow(Base):
+    """One audit event (PS3.15 A.5): append-only, never updated; ``dicomgw audit`` reads it."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(1))
+    outcome: Mapped[int] = mapped_column(Integer)
+    who: Mapped[str] = mapped_column(String(256), index=True)
+    who_kind: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    route: Mapped[str] = mapped_column(String(256))
+    # " uid1 uid2 ": space-delimited with a leading and trailing space, for `--study` look-ups
+    studies: Mapped[str] = mapped_column(Text)
+    query: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer)

@@ -13,6 +13,7 @@ from dicomgw.logs import configure_logging
 from dicomgw.metrics import MetricsMiddleware
 from dicomgw.runtime import Runtime, open_runtime
 from dicomgw.web.admin import router as admin_router
+from dicomgw.web.audit import audit_middleware
 from dicomgw.web.problems import install_problem_handlers
 
 Extra = Callable[[Runtime], AbstractAsyncContextManager[None]]
@@ -36,7 +37,7 @@ def build_app(
         configure_logging(settings.log_level)
         async with open_runtime(settings, migrate=settings.index.migrate) as runtime:
             app.state.runtime = runtime
-            managers = [make(runtime) for make in background]
+            managers = [runtime.audit.running(), *(make(runtime) for make in background)]
             for manager in managers:
                 await manager.__aenter__()
             try:
@@ -60,6 +61,8 @@ def build_app(
         expose_headers=["Content-Type", "Content-Length", "Warning", "Location"],
         max_age=settings.http.cors_max_age,
     )
+
+    app.middleware("http")(audit_middleware)
 
     @app.middleware("http")
     async def cross_origin_resource_policy(request, call_next):  # type: ignore[no-untyped-def]

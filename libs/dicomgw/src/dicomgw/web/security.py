@@ -14,16 +14,22 @@ from typing import Any
 from fastapi import Depends, Request
 
 from dicomgw.auth import Principal
-from dicomgw.errors import Forbidden
+from dicomgw.errors import Forbidden, Unauthorized
 from dicomgw.runtime import Runtime
 
 
 async def authorize(request: Request, scope: str) -> Principal:
     """The request's Principal if its credential grants ``scope``; Unauthorized or Forbidden if not."""
     runtime: Runtime = request.app.state.runtime
-    principal = await runtime.auth.authenticate(request.headers.get("authorization"))
+    try:
+        principal = await runtime.auth.authenticate(request.headers.get("authorization"))
+    except Unauthorized as exc:
+        # for the audit trail: why the credential was refused (never the credential itself)
+        request.state.refusal = exc.detail
+        raise
     request.state.principal = principal
     if not principal.may(scope):
+        request.state.refusal = f"{principal.name} lacks {scope}"
         raise Forbidden(scope)
     return principal
 

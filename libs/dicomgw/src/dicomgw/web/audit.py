@@ -1,0 +1,67 @@
+"""The middleware that turns each DICOMweb request into an audit event once its status is known.
+
+QIDO-RS searches are Query events, STOW-RS and WADO-RS DICOM Instances Transferred (C and R), a refused
+credential User Authentication (failure), a missing scope a Security Alert. Routes add the studies they
+touched that are not in the URL (STOW's stored studies, a search's results) to
+``request.state.audit_studies``. Health, readiness, metrics and CORS preflights are not audited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomgw.audit import AuditEvent
+from dicomgw.runtime import Runtime
+
+QIDO_LAST_SEGMENTS = ("studies", "series", "instances")
+# a search listing thousands of studies is audited with the first of them
+MAX_STUDIES = 1000
+
+
+def _event(request: Request, status: int, base_path: str) -> AuditEvent | None:
+    template = getattr(request.scope.get("route"), "path", None)
+    if request.method == "OPTIONS" or template is None:
+        return None
+    path = request.url.path
+    if path.startswith(base_path + "/"):
+        # a router's route keeps its own template; the base path is where it was mounted
+        route = base_path + template
+    elif path.startswith("/admin/"):
+        route = template
+    else:
+        return None
+    principal = getattr(request.state, "principal", None)
+    who, kind = (principal.name, principal.kind) if principal else ("unknown", "unknown")
+    client = request.client.host if request.client else ""
+    studies = list(dict.fromkeys([*filter(None, [request.path_params.get("study")]),
+                                  *getattr(request.state, "audit_studies", ())]))[:MAX_STUDIES]
+    detail = getattr(request.state, "refusal", "")
+    common = {"who": who, "who_kind": kind, "source": client, "method": request.method,
+              "route": route, "studies": tuple(studies), "detail": detail}
+    if status == 401:
+        return AuditEvent(event="authentication", action="E", outcome=4, **common)
+    if status == 403:
+        return AuditEvent(event="security-alert", action="E", outcome=4, **common)
+    if route.startswith("/admin/"):
+        return None
+    outcome = 0 if status < 400 else 4 if status < 500 else 8
+    if request.method == "POST":
+        return AuditEvent(event="transferred", action="C", outcome=outcome, **common)
+    if route.rstrip("/").rsplit("/", 1)[-1] in QIDO_LAST_SEGMENTS:
+        return AuditEvent(event="query", action="E", outcome=outcome,
+                          query=request.url.query, **common)
+    return AuditEvent(event="transferred", action="R", outcome=outcome, **common)
+
+
+async def audit_middleware(request: Request,
+                           call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    response = await call_next(request)
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is not None and runtime.settings.audit.enabled:
+        event = _event(request, response.status_code, runtime.settings.http.base_path)
+        if event is not None:
+            runtime.audit.record(event)
+    return response
