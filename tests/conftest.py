@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.orthanc",
     "tests.fixtures.kube",
     "tests.fixtures.issuer",
+    "tests.fixtures.keycloak",
 ]

@@ -66,14 +66,16 @@ class _SpaHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve_viewer(gateway: Gateway, omit_quotation: bool) -> Iterator[str]:
-    """The OHIF build on a free port, configured for the gateway; yields its URL."""
+def serve_viewer(gateway: Gateway, omit_quotation: bool, oidc: list[dict[str, str]] | None = None,
+                 port: int | None = None) -> Iterator[str]:
+    """The OHIF build on a free port (or ``port``), configured for the gateway; yields its URL."""
     template = (HERE / "app-config.template.js").read_text()
     config = template.replace("__DICOMWEB_ROOT__", gateway.url).replace(
-        "__OMIT_QUOTATION__", "true" if omit_quotation else "false")
+        "__OMIT_QUOTATION__", "true" if omit_quotation else "false").replace(
+        "__OIDC__", json.dumps(oidc))
     handler_class = type("Handler", (_SpaHandler,), {"app_config": config.encode()})
     handler = functools.partial(handler_class, directory=str(TOOLS / "dist"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port or free_port()), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -1,5 +1,6 @@
 /** OHIF configuration used by the end-to-end test: one DICOMweb data source, the dicomgw gateway.
- *  __DICOMWEB_ROOT__ and __OMIT_QUOTATION__ are filled in by tests/e2e/test_ohif.py. */
+ *  __DICOMWEB_ROOT__, __OMIT_QUOTATION__ and __OIDC__ (OHIF's own `oidc` list, or null) are filled in
+ *  by tests/e2e/test_ohif.py. */
 window.config = {
   routerBasename: '/',
   extensions: [],
@@ -13,6 +14,7 @@ window.config = {
   strictZSpacingForVolumeViewport: true,
   defaultDataSourceName: 'dicomgw',
   investigationalUseDialog: { option: 'never' },
+  oidc: __OIDC__,
   dataSources: [
     {
       namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',

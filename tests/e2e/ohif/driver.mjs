@@ -1,7 +1,7 @@
 // Drives Debian's Chromium through the OHIF viewer: study list, a filtered list, then studies' images.
 // Usage: node driver.mjs '<json plan>' where the plan is
 //   {driverDir, viewerUrl, gatewayUrl, artifacts, tag, names: [..], filter: {query, expect, absent},
-//    studies: [{uid, label}]}
+//    studies: [{uid, label}], login: {issuer, username, password}, anonymous: {issuer}}
 // Prints one JSON object: what was seen, the screenshots taken, console errors, failed requests and
 // every request to the gateway (method, path, status, content types) for diagnostics.
 import { createRequire } from 'node:module';
@@ -50,6 +50,7 @@ function watch(page) {
     result.gatewayRequests.push({
       method: r.request().method(), path: url.slice(plan.gatewayUrl.length), status: r.status(),
       accept: headers.accept ?? null, contentType: r.headers()['content-type'] ?? null,
+      bearer: (headers.authorization ?? '').startsWith('Bearer '),
     });
   });
 }
@@ -64,6 +65,34 @@ async function until(page, check, ms) {
 }
 
 const shown = (page, text) => async () => (await page.getByText(text, { exact: false }).count()) > 0;
+
+// Through the OpenID provider's own login page (Keycloak's form), as a radiologist does.
+async function login(page) {
+  const { issuer, username, password } = plan.login;
+  await page.goto(plan.viewerUrl + '/', { waitUntil: 'domcontentloaded' });
+  const seen = { atProvider: await until(page, async () => page.url().startsWith(issuer), 60000) };
+  result.login = seen;
+  if (!seen.atProvider) return;
+  await page.waitForSelector('#username', { timeout: 30000 });
+  seen.loginPage = shotPath('login-page');
+  await page.screenshot({ path: seen.loginPage });
+  await page.fill('#username', username);
+  await page.fill('#password', password);
+  await page.click('#kc-login');
+  seen.backInViewer = await until(page, async () => {
+    const url = page.url();
+    return url.startsWith(plan.viewerUrl) && !url.includes('/callback');
+  }, 60000);
+}
+
+// Without logging in: the viewer sends the browser to the provider and shows nothing of the archive.
+async function anonymous(page) {
+  await page.goto(plan.viewerUrl + '/', { waitUntil: 'domcontentloaded' });
+  const atProvider = await until(page, async () => page.url().startsWith(plan.anonymous.issuer), 60000);
+  await page.waitForTimeout(2000);
+  result.anonymous = { atProvider, url: page.url().split('?')[0], screenshot: shotPath('anonymous') };
+  await page.screenshot({ path: result.anonymous.screenshot });
+}
 
 async function studyList(page) {
   await page.goto(plan.viewerUrl + '/', { waitUntil: 'domcontentloaded' });
@@ -132,6 +161,8 @@ const { context, userDataDir } = await launch();
 try {
   const page = context.pages()[0] ?? await context.newPage();
   watch(page);
+  if (plan.anonymous) await anonymous(page);
+  if (plan.login) await login(page);
   if (plan.names?.length) await studyList(page);
   if (plan.filter) await filteredList(page);
   for (const study of plan.studies ?? []) await openStudy(page, study);
