@@ -98,3 +98,55 @@ def test_c_echo_answers(dimse) -> None:  # type: ignore[no-untyped-def]
     done = subprocess.run([_tool("echoscu"), "-aet", "STORESCU", "-aec", "DICOMGW", "127.0.0.1",
                            str(port)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A hospital CA, the archive's certificate and a modality's, and a stranger's self-signed one."""
+    paths = {name: folder / name for name in ("ca.key", "ca.crt", "scp.key", "scp.crt", "scu.key",
+                                               "scu.crt", "stranger.key", "stranger.crt")}
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Hospital CA",
+             "-keyout", str(paths["ca.key"]), "-out", str(paths["ca.crt"]))
+    for name, cn in (("scp", "127.0.0.1"), ("scu", "MODALITY1")):
+        csr = folder / f"{name}.csr"
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+                 "-keyout", str(paths[f"{name}.key"]), "-out", str(csr))
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(paths["ca.crt"]), "-CAkey", str(paths["ca.key"]),
+                 "-CAcreateserial", "-days", "2", "-sha256", "-out", str(paths[f"{name}.crt"]))
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=MODALITY1",
+             "-keyout", str(paths["stranger.key"]), "-out", str(paths["stranger.crt"]))
+    return paths
+
+
+def test_storescu_over_dicom_tls_with_mutual_certificates(make_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """PS3.15 B.1: both ends authenticate with certificates; plain TCP and unknown certificates fail."""
+    certs = _certificates(tmp_path)
+    port = free_port()
+    gw = make_gateway(env={"DICOMGW_DIMSE_PORT": str(port), "DICOMGW_DIMSE_AE_TITLE": "DICOMGW",
+                           "DICOMGW_DIMSE_TLS_CERT_FILE": str(certs["scp.crt"]),
+                           "DICOMGW_DIMSE_TLS_KEY_FILE": str(certs["scp.key"]),
+                           "DICOMGW_DIMSE_TLS_CA_FILE": str(certs["ca.crt"])})
+    parts = make_study(1, 2)
+    files = []
+    for i, data in enumerate(parts):
+        files.append(tmp_path / f"{i}.dcm")
+        files[-1].write_bytes(data)
+
+    def storescu(*tls: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([_tool("storescu"), "-xe", *tls, "-aet", "MODALITY1", "-aec", "DICOMGW",
+                               "127.0.0.1", str(port), *map(str, files)],
+                              capture_output=True, text=True, timeout=120)
+
+    trusted = ["+cf", str(certs["ca.crt"])]
+    assert storescu().returncode != 0  # plain TCP to a TLS port
+    stranger = storescu("+tls", str(certs["stranger.key"]), str(certs["stranger.crt"]), *trusted)
+    assert stranger.returncode != 0, stranger.stdout + stranger.stderr
+    study = pydicom.dcmread(io.BytesIO(parts[0]), stop_before_pixels=True).StudyInstanceUID
+    assert httpx.get(f"{gw.url}/instances", params={"StudyInstanceUID": study}).json() == []
+    done = storescu("+tls", str(certs["scu.key"]), str(certs["scu.crt"]), *trusted)
+    assert done.returncode == 0, done.stdout + done.stderr
+    held = httpx.get(f"{gw.url}/studies/{study}/instances").json()
+    assert len(held) == 2

@@ -77,6 +77,11 @@ class DimseSettings(BaseSettings):
     # calling AE titles allowed to store; empty = any
     allowed_aes: list[str] = Field(default_factory=list)
     max_pdu: int = 65536
+    # DICOM TLS (PS3.15 B.1 Basic TLS Secure Transport Connection Profile): the SCP's certificate and
+    # key (PEM); with a CA file, peers must present a certificate it signed (mutual authentication)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
 
 
 class IndexSettings(BaseSettings):

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import signal
+import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -96,6 +97,23 @@ def make_ae(settings: Settings) -> AE:
     return ae
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server side of DICOM TLS when a certificate is configured (TLS 1.2 at least, as BCP 195
+    asks); with a CA file the peer's certificate is required and checked against it."""
+    dimse = settings.dimse
+    if not dimse.tls_cert_file:
+        return None
+    if not dimse.tls_key_file:
+        raise ValueError("DICOMGW_DIMSE_TLS_CERT_FILE needs DICOMGW_DIMSE_TLS_KEY_FILE")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(dimse.tls_cert_file), str(dimse.tls_key_file))
+    if dimse.tls_ca_file:
+        context.load_verify_locations(cafile=str(dimse.tls_ca_file))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 @contextlib.asynccontextmanager
 async def dimse_front_door(runtime: Runtime) -> AsyncIterator[None]:
     """Run the SCP beside an app for its lifetime (when a DIMSE port is configured)."""
@@ -105,10 +123,12 @@ async def dimse_front_door(runtime: Runtime) -> AsyncIterator[None]:
         return
     scp = StorageSCP(runtime, asyncio.get_running_loop())
     ae = make_ae(settings)
+    context = tls_context(settings)
     server = ae.start_server((settings.dimse.host, settings.dimse.port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, scp.handle_store)])
+                             evt_handlers=[(evt.EVT_C_STORE, scp.handle_store)], ssl_context=context)
     log.info("DIMSE storage SCP listening", extra={"ae_title": settings.dimse.ae_title,
-                                                   "port": settings.dimse.port})
+                                                   "port": settings.dimse.port,
+                                                   "tls": context is not None})
     try:
         yield
     finally:
