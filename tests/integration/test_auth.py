@@ -282,3 +282,29 @@ def test_helm_tests_smoke_round_trip_makes_and_revokes_a_key_of_its_own(stack: S
                             timeout=60, check=True).stdout
     smoke = [row for row in listed.splitlines() if row.startswith("smoke-test-")]
     assert len(smoke) == 1 and " revoked " in smoke[0], listed
+
+
+def test_keys_from_the_repository_root_reach_the_running_stack(stack: StackUnderTest,
+                                                              tmp_path: Path) -> None:
+    """`dicomgw keys create` with no flags and no DICOMGW_* settings, from a folder where `make up`
+    runs (var/stack), makes a key the stack accepts."""
+    checkout = tmp_path / "checkout"
+    (checkout / "var").mkdir(parents=True)
+    (checkout / "var" / "stack").symlink_to(stack.run_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_") and k != "DATA_DIR"}
+    done = subprocess.run([str(DICOMGW), "keys", "create", "from-the-root", "--scopes",
+                           "dicom.read,dicom.write"], capture_output=True, text=True, env=env,
+                          cwd=checkout, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "make up" in done.stderr  # it says which index it used
+    key = done.stdout.strip().splitlines()[-1]
+    response = httpx.get(f"{stack.config.url}/studies", headers={"Authorization": f"Bearer {key}"},
+                         timeout=30)
+    assert response.status_code == 200
+
+    def audited() -> str:
+        return subprocess.run([str(DICOMGW), "audit", "--who", "from-the-root"], capture_output=True,
+                              text=True, env=env, cwd=checkout, timeout=60, check=True).stdout
+
+    # the query service wrote who asked, and `dicomgw audit` from the same folder reads it
+    assert "query(E)" in wait_for(audited, 20)
