@@ -323,3 +323,22 @@ def test_production_values_name_the_hospitals_provider_and_an_existing_hashing_s
     env = {e["name"]: e for e in ingest["env"]}
     assert env["DICOMGW_AUTH_KEY_SECRET"]["valueFrom"]["secretKeyRef"] == {
         "name": "dicomgw-auth", "key": "key-secret"}
+
+
+def test_network_policies_let_only_the_named_peers_and_helm_tests_pod_reach_the_services() -> None:
+    ha = CHART / "ci" / "ha-values.yaml"
+    docs = render("-f", str(ha))
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    values = yaml.safe_load(ha.read_text())["networkPolicy"]
+    smoke = next(d for d in docs if d["kind"] == "Pod" and d["metadata"]["name"].endswith("-smoke"))
+    for service in ("ingest", "query", "retrieve"):
+        [rule] = policies[f"dicomgw-{service}"]["spec"]["ingress"]
+        peers = rule["from"]
+        assert values["httpFrom"][0] in peers and values["metricsFrom"][0] in peers
+        selectors = [p["podSelector"]["matchLabels"] for p in peers if "podSelector" in p]
+        # the helm test pod is the only pod of the namespace let in, and it matches the selector
+        assert len(selectors) == 1
+        assert selectors[0].items() <= smoke["metadata"]["labels"].items()
+        assert policies[f"dicomgw-{service}"]["spec"]["egress"][1:] == values["egress"]
+    for quiet in ("beat", "relay", "migrations"):
+        assert policies[f"dicomgw-{quiet}"]["spec"]["ingress"] == []
