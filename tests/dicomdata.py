@@ -187,6 +187,14 @@ def with_fresh_sop_uid(data: bytes) -> bytes:
     return data.replace(old, new)
 
 
+def deid_data_files() -> list[Path]:
+    """The de-identification project's real-world-like test files (deid-data on PyPI): CT brains, an
+    animal, ultrasound (grey, RGB, multi-frame) and the dicom-cookies set."""
+    import deid_data
+
+    return sorted(Path(deid_data.__file__).parent.rglob("*.dcm"))
+
+
 def round_trip_corpus() -> list[bytes]:
     """pydicom's test files (every transfer syntax they cover), each with its own SOP Instance UID."""
     return [with_fresh_sop_uid(p.read_bytes()) for p in pydicom_files()]

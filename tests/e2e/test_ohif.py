@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -219,3 +220,48 @@ def test_ohif_renders_with_quoted_multipart_accept(ohif_gateway: Gateway, studie
                for r in result["gatewayRequests"] if "/frames/" in r["path"]), diagnostics(result)
     gateway_failures = [r for r in result["failedRequests"] if ohif_gateway.url in r]
     assert not gateway_failures, diagnostics(result)
+
+
+@pytest.fixture(scope="module")
+def real_world_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, dict[str, Any]]]:
+    """A gateway holding pydicom's and deid-data's test files, as they are (each pydicom file with a
+    SOP Instance UID of its own, since pydicom reuses them across transfer syntaxes)."""
+    from tests.dicomdata import deid_data_files, round_trip_corpus
+
+    gw = start_gateway(tmp_path_factory.mktemp("ohif-real-world"))
+    files = [*round_trip_corpus(), *(p.read_bytes() for p in deid_data_files())]
+    for data in files:
+        body, content_type = multipart_related([data])
+        stored = httpx.post(f"{gw.url}/studies", content=body, timeout=120,
+                            headers={"content-type": content_type, "accept": "application/dicom+json"})
+        assert stored.status_code in (200, 202, 409), stored.text
+    yield gw, {"files": len(files)}
+    gw.stop()
+
+
+def test_ohif_lists_and_opens_real_world_files(real_world_gateway: tuple[Gateway, dict[str, Any]],
+                                               artifacts_dir: Path) -> None:
+    """Real-world files (studies without Modality, odd names, RT, SR, SEG, ECG, multi-frame US) must
+    not break OHIF's study list, and a real CT brain must open and render."""
+    gw, _ = real_world_gateway
+    studies = httpx.get(f"{gw.url}/studies", params={"limit": 101}, timeout=60).json()
+    assert len(studies) > 20
+    from tests.dicomdata import deid_data_files
+
+    brain = next(p for p in deid_data_files() if p.name == "ctbrain1.dcm")
+    ct_brain = str(pydicom.dcmread(brain, stop_before_pixels=True).StudyInstanceUID)
+    with serve_viewer(gw, omit_quotation=True) as viewer:
+        result = run_driver({
+            "viewerUrl": viewer, "gatewayUrl": gw.url, "artifacts": str(artifacts_dir), "tag": "real-world",
+            "names": ["CompressedSamples", "Lestrade, G", "SIMPSON, HOMER"],
+            "absent": ["Data Source Connection Error"],
+            "studies": [{"uid": ct_brain, "label": "ct-brain"}],
+        })
+    assert "error" not in result, diagnostics(result)
+    listed = result["studyList"]
+    assert not listed["present"]["Data Source Connection Error"], diagnostics(result)
+    for name in ("CompressedSamples", "Lestrade, G", "SIMPSON, HOMER"):
+        assert listed[name], f"{name} not listed\n{diagnostics(result)}"
+    assert result["viewers"][0]["rendered"], diagnostics(result)
+    assert not result["pageErrors"], diagnostics(result)
+    assert not [r for r in result["failedRequests"] if gw.url in r], diagnostics(result)

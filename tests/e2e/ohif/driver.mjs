@@ -1,7 +1,8 @@
 // Drives Debian's Chromium through the OHIF viewer: study list, a filtered list, then studies' images.
 // Usage: node driver.mjs '<json plan>' where the plan is
 //   {driverDir, viewerUrl, gatewayUrl, artifacts, tag, names: [..], filter: {query, expect, absent},
-//    studies: [{uid, label}], login: {issuer, username, password}, anonymous: {issuer}}
+//    absent: [texts not to be on the loaded study list], studies: [{uid, label}],
+//    login: {issuer, username, password}, anonymous: {issuer}}
 // Prints one JSON object: what was seen, the screenshots taken, console errors, failed requests and
 // every request to the gateway (method, path, status, content types) for diagnostics.
 import { createRequire } from 'node:module';
@@ -97,6 +98,9 @@ async function anonymous(page) {
 async function studyList(page) {
   await page.goto(plan.viewerUrl + '/', { waitUntil: 'domcontentloaded' });
   for (const name of plan.names) result.studyList[name] = await until(page, shown(page, name), 60000);
+  // texts that must not be on the loaded list (OHIF's "Data Source Connection Error", say)
+  result.studyList.present = {};
+  for (const text of plan.absent ?? []) result.studyList.present[text] = await shown(page, text)();
   result.studyList.screenshot = shotPath('study-list');
   await page.screenshot({ path: result.studyList.screenshot });
 }

@@ -502,7 +502,12 @@ async def _study_aggregates(session: AsyncSession, query: Query,
     classes = (await _grouped_values(session, Instance.study_instance_uid, Instance.sop_class_uid,
                                      wanted) if query.wants(_SOP_CLASSES_IN_STUDY) else None)
     for uid in wanted:
-        out[uid]["00080061"] = _element("ModalitiesInStudy", modalities.get(uid))
+        # A study none of whose instances names a Modality (a Type 1 attribute, missing in real-world
+        # files) has no Modalities in Study to report: the attribute is left out rather than sent empty,
+        # because OHIF's study list (getModalities) fails on an empty ModalitiesInStudy and then lists
+        # nothing at all ("Data Source Connection Error"). See docs/conformance.md.
+        if modalities.get(uid):
+            out[uid]["00080061"] = _element("ModalitiesInStudy", modalities[uid])
         if classes is not None:
             out[uid][_SOP_CLASSES_IN_STUDY] = _element("SOPClassesInStudy", classes.get(uid))
     return out
