@@ -322,3 +322,27 @@ def test_upload_streams_from_disk_in_bounded_memory(gateway: Gateway, tmp_path: 
     assert b"stored 4, already present 0, failed 0" in out
     growth = peak - baseline
     assert growth < 32 * 2**20, f"RSS grew {growth / 2**20:.0f} MiB while sending {total / 2**20:.0f} MiB"
+
+
+def test_upload_with_an_api_key_to_a_gateway_requiring_credentials(
+        make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    """`dicomgw upload --token` (or DICOMGW_TOKEN) against a gateway with DICOMGW_AUTH_MODE=required:
+    refused without a key (and nothing stored), stored with one."""
+    gw = make_gateway({"DICOMGW_AUTH_MODE": "required"})
+    env = {**os.environ, "DATA_DIR": str(gw.data_dir),
+           "DICOMGW_INDEX_URL": f"sqlite+aiosqlite:///{gw.data_dir.resolve() / 'index.sqlite3'}"}
+    made = subprocess.run([str(Path(sys.executable).parent / "dicomgw"), "keys", "create", "uploader",
+                           "--scopes", "dicom.read,dicom.write"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    key = made.stdout.strip().splitlines()[-1]
+    parts = make_study(1, 3)
+    for i, data in enumerate(parts):
+        (tmp_path / f"{i}.dcm").write_bytes(data)
+    refused = upload(gw.url, tmp_path)
+    assert refused.returncode == 1 and "401" in refused.stdout, refused.stdout + refused.stderr
+    study = pydicom.dcmread(io.BytesIO(parts[0]), stop_before_pixels=True).StudyInstanceUID
+    auth = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{gw.url}/instances", params={"StudyInstanceUID": study}, headers=auth).json() == []
+    stored = upload(gw.url, tmp_path, env={"DICOMGW_TOKEN": key})
+    assert stored.returncode == 0, stored.stdout + stored.stderr
+    assert len(httpx.get(f"{gw.url}/instances", params={"StudyInstanceUID": study}, headers=auth).json()) == 3
