@@ -12,7 +12,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 HELM_VERSION := v3.22.0
 HELM_DOCS_VERSION := v1.14.2
 
-.PHONY: help install run up down test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-dcmtk tools-orthanc tools-browser
+.PHONY: help install run up down test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-dcmtk tools-orthanc tools-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ tools-nginx:  ## install nginx (Debian package), the local router
 
 tools-orthanc:  ## install Orthanc and its DICOMweb plugin (Debian packages), the test PACS
 	bash scripts/apt-install.sh --needs Orthanc --needs /usr/share/orthanc/plugins/libOrthancDicomWeb.so --service orthanc orthanc orthanc-dicomweb
+
+tools-rsyslog:  ## install rsyslog (Debian package), the audit syslog receiver of the tests
+	bash scripts/apt-install.sh --needs rsyslogd rsyslog
 
 tools-dcmtk:  ## install dcmtk (Debian package), a DIMSE peer for the tests
 	bash scripts/apt-install.sh --needs storescu --needs echoscu dcmtk
@@ -72,7 +75,7 @@ tools-keycloak:  ## install Keycloak (the OpenID provider of the login tests) fr
 tools-browser:  ## install Chromium, playwright-core and the OHIF viewer build into .tools
 	bash scripts/install-browser.sh
 
-test: install tools-minio tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-postgres tools-redis tools-nginx tools-prometheus tools-dcmtk tools-orthanc tools-browser  ## install everything the suite needs, then run all of it
+test: install tools-minio tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-postgres tools-redis tools-nginx tools-prometheus tools-dcmtk tools-orthanc tools-browser  ## install everything the suite needs, then run all of it
 	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: install  ## only the fast unit tests

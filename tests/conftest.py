@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.kube",
     "tests.fixtures.issuer",
     "tests.fixtures.keycloak",
+    "tests.fixtures.rsyslog",
 ]

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -25,6 +26,7 @@ from lxml import etree
 from tests.dicomdata import make_instance, multipart_related, uid
 from tests.fixtures.gateway import Gateway, start_gateway
 from tests.fixtures.issuer import Issuer
+from tests.fixtures.rsyslog import Rsyslog
 from tests.polling import wait_for
 
 DICOMGW = Path(sys.executable).parent / "dicomgw"
@@ -151,3 +153,33 @@ def test_the_schema_refuses_what_the_standard_does(day: tuple[Gateway, dict[str,
     for participant in message.findall("ActiveParticipant"):
         message.remove(participant)
     assert not schema.validate(message)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_audit_events_reach_a_syslog_receiver_as_rfc_5424(rsyslog: Rsyslog, make_gateway: Any,
+                                                          transport: str) -> None:
+    """IHE ATNA's transport: each event an RFC 5424 message (PRI 85, MSGID IHE+RFC-3881) carrying the
+    PS3.15 AuditMessage, received by rsyslog over UDP (RFC 5426) or TCP (RFC 6587 octet counting)."""
+    port = rsyslog.udp_port if transport == "udp" else rsyslog.tcp_port
+    gw = make_gateway({"DICOMGW_AUDIT_SYSLOG_URL": f"{transport}://127.0.0.1:{port}",
+                       "DICOMGW_AUDIT_FLUSH_SECONDS": "0.2"})
+    study = uid()
+    body, content_type = multipart_related([make_instance(study_uid=study)])
+    assert httpx.post(f"{gw.url}/studies", content=body, headers={"Content-Type": content_type},
+                      timeout=30).status_code == 200
+    assert httpx.get(f"{gw.url}/studies/{study}/metadata", timeout=30).status_code == 200
+
+    def ours() -> list[dict[str, str]]:
+        return [m for m in rsyslog.messages() if study in m["msg"]]
+
+    received = wait_for(lambda: len(ours()) >= 2 and ours(), 30)
+    schema = etree.RelaxNG(etree.parse(str(SCHEMA)))
+    codes = []
+    for message in received:
+        assert (message["pri"], message["version"], message["app"], message["msgid"]) == (
+            "85", "1", "dicomgw", "IHE+RFC-3881"), message
+        document = etree.fromstring(message["msg"].lstrip("\ufeff").encode())
+        assert schema.validate(document), schema.error_log
+        codes.append((document.find("EventIdentification/EventID").get("csd-code"),
+                      document.find("EventIdentification").get("EventActionCode")))
+    assert codes == [("110104", "C"), ("110104", "R")]

@@ -158,6 +158,8 @@ class AuditSettings(BaseSettings):
     flush_seconds: float = 1.0
     # AuditSourceID of the messages: which archive wrote them
     source_id: str = "dicomgw"
+    # also send every event as RFC 5424 syslog (IHE ATNA) to udp://host:port or tcp://host:port
+    syslog_url: str | None = None
 
 
 class Settings(BaseSettings):

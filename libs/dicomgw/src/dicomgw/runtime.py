@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dicomgw.audit import AuditTrail
+from dicomgw.audit.syslog import SyslogSender
 from dicomgw.auth import Authenticator
 from dicomgw.config import Settings
 from dicomgw.index.db import create_engine, upgrade
@@ -41,10 +42,12 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
     # New originals owe a verification, and a replication when there is a replica.
     new_work = ("verify", "replicate") if replica is not None else ("verify",)
     auth = Authenticator.from_settings(settings.auth, engine)
+    syslog = (SyslogSender(settings.audit.syslog_url, settings.audit.source_id)
+              if settings.audit.syslog_url else None)
     try:
         yield Runtime(settings=settings, engine=engine, index=IndexRepository(engine, new_work),
                       store=store, auth=auth,
-                      audit=AuditTrail(engine, settings.audit.flush_seconds), replica=replica)
+                      audit=AuditTrail(engine, settings.audit.flush_seconds, syslog), replica=replica)
     finally:
         await auth.close()
         if replica is not None:

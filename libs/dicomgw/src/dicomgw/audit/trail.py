@@ -18,6 +18,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dicomgw.audit.events import AuditEvent
+from dicomgw.audit.syslog import SyslogSender
 from dicomgw.index.db import session_factory
 from dicomgw.index.models import AuditEventRow
 
@@ -27,11 +28,14 @@ BUFFER_WARNING = 100_000
 
 
 class AuditTrail:
-    def __init__(self, engine: AsyncEngine, flush_seconds: float = 1.0) -> None:
+    def __init__(self, engine: AsyncEngine, flush_seconds: float = 1.0,
+                 syslog: SyslogSender | None = None) -> None:
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
         self.flush_seconds = flush_seconds
+        self.syslog = syslog
         self._buffer: list[AuditEvent] = []
-        self._wake = asyncio.Event()
+        # written to the index, waiting for the syslog receiver (kept until it takes them)
+        self._unsent: list[AuditEvent] = []
 
     def record(self, event: AuditEvent) -> None:
         self._buffer.append(event)
@@ -61,7 +65,23 @@ class AuditTrail:
             # kept, in order, for the next flush
             self._buffer = events + self._buffer
             raise
+        if self.syslog is not None:
+            self._unsent.extend(merged.values())
         return len(rows)
+
+    async def forward(self) -> None:
+        """Send what the index holds and the syslog receiver has not taken yet (the index copy is the
+        record: a receiver outage delays forwarding, it loses nothing)."""
+        if self.syslog is None or not self._unsent:
+            return
+        events, self._unsent = self._unsent, []
+        try:
+            await self.syslog.send(events)
+        except Exception:
+            self._unsent = events + self._unsent
+            if len(self._unsent) > BUFFER_WARNING:
+                log.warning("%d audit events wait for the syslog receiver", len(self._unsent))
+            raise
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -73,6 +93,10 @@ class AuditTrail:
                     await self.flush()
                 except Exception as exc:
                     log.warning("audit events not written yet (%s); retrying", type(exc).__name__)
+                try:
+                    await self.forward()
+                except Exception as exc:
+                    log.warning("audit events not sent to syslog yet (%s); retrying", type(exc).__name__)
 
         task = asyncio.create_task(loop(), name="audit-flush")
         try:
@@ -85,6 +109,11 @@ class AuditTrail:
                 await self.flush()
             except Exception:
                 log.exception("%d audit events could not be written at shutdown", len(self._buffer))
+            try:
+                await self.forward()
+            except Exception:
+                log.warning("%d audit events not sent to syslog at shutdown (they are in the index)",
+                            len(self._unsent))
 
     async def events(self, *, study: str | None = None, who: str | None = None,
                      since: datetime | None = None, limit: int = 10_000) -> list[AuditEvent]:
