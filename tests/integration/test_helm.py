@@ -342,3 +342,21 @@ def test_network_policies_let_only_the_named_peers_and_helm_tests_pod_reach_the_
         assert policies[f"dicomgw-{service}"]["spec"]["egress"][1:] == values["egress"]
     for quiet in ("beat", "relay", "migrations"):
         assert policies[f"dicomgw-{quiet}"]["spec"]["ingress"] == []
+
+
+def test_protected_metrics_are_scraped_with_a_key_and_audit_settings_reach_the_services() -> None:
+    ha = CHART / "ci" / "ha-values.yaml"
+    docs = render("-f", str(ha), *WITH_CRDS)
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {
+        "name": "dicomgw-prometheus-key", "key": "api-key"}}
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config"))
+    assert config["data"]["DICOMGW_AUTH_PROTECT_METRICS"] == "true"
+    assert config["data"]["DICOMGW_AUDIT_SYSLOG_URL"] == "tcp://audit-repository.security.svc:601"
+    # without the Secret, the chart says what is missing instead of rendering a scrape that gets 401
+    done = helm("template", "dicomgw", str(CHART), "--kube-version", KUBE_VERSION, *WITH_CRDS,
+                "--set", "auth.protectMetrics=true")
+    assert done.returncode != 0 and "metrics.serviceMonitor.authorization.secretName" in done.stderr
+    assert helm("template", "dicomgw", str(CHART), "--kube-version", KUBE_VERSION,
+                "--set", "audit.syslogUrl=https://x").returncode != 0
