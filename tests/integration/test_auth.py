@@ -1,8 +1,9 @@
 """Who may do what, against a real gateway with authentication required.
 
 Every route of the gateway (read from the app itself, so a new route cannot escape the matrix) is called
-with every kind of credential: none, an expired token, one of another issuer, one for another audience,
-one signed with a key the provider never published, read-only, write-only (as Keycloak realm roles),
+with every kind of credential: none, an expired token, a not-yet-valid one, one whose claims were
+rewritten after signing, one of another issuer, one for another audience, one signed with a key the
+provider never published, read-only, write-only (as Keycloak realm roles),
 admin-only (ES256), a revoked API key and a valid one. Each answer is exactly what the scope rules say,
 never a 500, with a Bearer challenge on 401 and problem+json on both refusals; nothing refused is stored.
 The provider is tests/fixtures/issuer.py (discovery and JWKS over HTTP).
@@ -10,10 +11,13 @@ The provider is tests/fixtures/issuer.py (discovery and JWKS over HTTP).
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +94,15 @@ def secured(issuer: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     gateway.stop()
 
 
+def _tampered(token: str) -> str:
+    """The token with its payload rewritten to grant everything, the signature left as it was."""
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["scope"] = f"{READ} {WRITE} {ADMIN}"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    return f"{header}.{forged}.{signature}"
+
+
 def _credentials(issuer: Issuer, secured: Secured) -> dict[str, tuple[str | None, set[str] | None]]:
     """name: (Authorization header, the scopes it grants; None = not a valid credential)."""
     everything = f"{READ} {WRITE} {ADMIN}"
@@ -97,6 +110,9 @@ def _credentials(issuer: Issuer, secured: Secured) -> dict[str, tuple[str | None
     return {
         "no-token": (None, None),
         "expired": (bearer(issuer.token(lifetime=-600, scope=everything)), None),
+        "not-yet-valid": (bearer(issuer.token(lifetime=3600, nbf=int(time.time()) + 600,
+                                              scope=everything)), None),
+        "tampered": (bearer(_tampered(issuer.token(scope=READ))), None),
         "other-issuer": (bearer(issuer.token(issuer="http://127.0.0.1:1/realms/evil", scope=everything)),
                          None),
         "wrong-audience": (bearer(issuer.token(aud="another-service", scope=everything)), None),
