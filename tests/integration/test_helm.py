@@ -360,3 +360,28 @@ def test_protected_metrics_are_scraped_with_a_key_and_audit_settings_reach_the_s
     assert done.returncode != 0 and "metrics.serviceMonitor.authorization.secretName" in done.stderr
     assert helm("template", "dicomgw", str(CHART), "--kube-version", KUBE_VERSION,
                 "--set", "audit.syslogUrl=https://x").returncode != 0
+
+
+def test_backends_in_the_namespace_accept_only_this_releases_pods() -> None:
+    backends = [{"name": "postgresql", "podSelector": {"app.kubernetes.io/name": "postgresql"},
+                 "ports": [5432]},
+                {"name": "redis", "podSelector": {"app": "redis"}, "ports": [6379]}]
+    docs = render("--set", "networkPolicy.enabled=true", "--set-json",
+                  f"networkPolicy.backends={json.dumps(backends)}")
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    postgres = policies["dicomgw-backend-postgresql"]
+    assert postgres["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "postgresql"}
+    [rule] = postgres["ingress"]
+    assert rule["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    allowed = rule["from"][0]["podSelector"]["matchLabels"]
+    # every pod of the release matches: the services, the workers, the migration hook, helm test's pod
+    pods = [(d["kind"], d["metadata"]["name"], d["spec"]["template"]["metadata"]["labels"]
+             if "template" in d["spec"] else d["metadata"]["labels"])
+            for d in docs if d["kind"] in ("Deployment", "Job", "Pod")]
+    assert len(pods) >= 8
+    for kind, name, labels in pods:
+        assert allowed.items() <= labels.items(), (kind, name)
+    assert policies["dicomgw-backend-redis"]["ingress"][0]["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    refused = helm("template", "dicomgw", str(CHART), "--kube-version", KUBE_VERSION, "--set-json",
+                   'networkPolicy.backends=[{"name": "pg", "podSelector": {}, "ports": [5432]}]')
+    assert refused.returncode != 0  # an empty selector would lock every pod of the namespace
