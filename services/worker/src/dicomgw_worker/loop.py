@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 from dicomgw import outbox
+from dicomgw.background import running
 from dicomgw.runtime import Runtime
 from dicomgw_worker import metrics
 from dicomgw_worker.tasks import HANDLERS, sweep
@@ -58,10 +59,5 @@ async def _run(runtime: Runtime) -> None:
 
 @contextlib.asynccontextmanager
 async def embedded_worker(runtime: Runtime) -> AsyncIterator[None]:
-    task = asyncio.create_task(_run(runtime), name="dicomgw-embedded-worker")
-    try:
+    async with running(_run(runtime), "dicomgw-embedded-worker"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

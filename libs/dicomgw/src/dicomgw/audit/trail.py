@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dicomgw.audit.events import AuditEvent
 from dicomgw.audit.syslog import SyslogSender
+from dicomgw.background import running as in_background
 from dicomgw.index.db import session_factory
 from dicomgw.index.models import AuditEventRow
 
@@ -98,13 +99,10 @@ class AuditTrail:
                 except Exception as exc:
                     log.warning("audit events not sent to syslog yet (%s); retrying", type(exc).__name__)
 
-        task = asyncio.create_task(loop(), name="audit-flush")
         try:
-            yield
+            async with in_background(loop(), "audit-flush"):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             try:
                 await self.flush()
             except Exception:
