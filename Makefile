@@ -42,8 +42,8 @@ tools-orthanc:  ## install Orthanc and its DICOMweb plugin (Debian packages), th
 tools-rsyslog:  ## install rsyslog (Debian package), the audit syslog receiver of the tests
 	bash scripts/apt-install.sh --needs rsyslogd rsyslog
 
-tools-dcmtk:  ## install dcmtk (Debian package), a DIMSE peer for the tests
-	bash scripts/apt-install.sh --needs storescu --needs echoscu dcmtk
+tools-dcmtk:  ## install dcmtk and openssl (Debian packages): a DIMSE peer for the tests, and the TLS certificates they make
+	bash scripts/apt-install.sh --needs storescu --needs echoscu --needs openssl dcmtk openssl
 
 tools-helm:  ## build Helm from its Go module into .tools (cached)
 	bash scripts/go-install.sh helm helm.sh/helm/v3/cmd/helm $(HELM_VERSION)
