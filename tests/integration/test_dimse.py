@@ -150,3 +150,34 @@ def test_storescu_over_dicom_tls_with_mutual_certificates(make_gateway, tmp_path
     assert done.returncode == 0, done.stdout + done.stderr
     held = httpx.get(f"{gw.url}/studies/{study}/instances").json()
     assert len(held) == 2
+
+
+def test_c_stores_and_refused_associations_are_in_the_audit_trail(dimse, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import os
+    import sys
+
+    from tests.polling import wait_for
+
+    gw, port = dimse
+    data = make_study(1, 1)[0]
+    (tmp_path / "a.dcm").write_bytes(data)
+    study = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID
+    for calling in ("MODALITY1", "INTRUDER"):
+        subprocess.run([_tool("storescu"), "-aet", calling, "-aec", "DICOMGW", "127.0.0.1", str(port),
+                        str(tmp_path / "a.dcm")], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "DATA_DIR": str(gw.data_dir),
+           "DICOMGW_INDEX_URL": f"sqlite+aiosqlite:///{gw.data_dir.resolve() / 'index.sqlite3'}"}
+
+    def events() -> list[dict[str, object]]:
+        done = subprocess.run([str(Path(sys.executable).parent / "dicomgw"), "audit", "--json"],
+                              capture_output=True, text=True, env=env, timeout=60, check=True)
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    wait_for(lambda: len([e for e in events() if e["route"] == "DIMSE"]) >= 2, 20)
+    dimse_events = [e for e in events() if e["route"] == "DIMSE"]
+    stored = [e for e in dimse_events if e["event"] == "transferred"]
+    refused = [e for e in dimse_events if e["event"] == "authentication"]
+    assert [(e["who"], e["who_kind"], e["outcome"], e["studies"]) for e in stored] == [
+        ("MODALITY1", "dicom-ae", 0, [study])]
+    assert [(e["who"], e["outcome"], e["source"]) for e in refused] == [("INTRUDER", 4, "127.0.0.1")]

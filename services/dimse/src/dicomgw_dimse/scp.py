@@ -25,6 +25,7 @@ from typing import Any
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicomgw.audit import AuditEvent
 from dicomgw.config import Settings
 from dicomgw.ingest import store_parts
 from dicomgw.multipart import SpooledPart
@@ -59,16 +60,37 @@ class StorageSCP:
         return SpooledPart(0, Path(name), len(data), hashlib.sha256(data).digest(),
                            {"content-type": "application/dicom"})
 
-    async def _store(self, part: SpooledPart) -> int:
+    async def _store(self, part: SpooledPart, peer: tuple[str, str]) -> int:
         async def one() -> AsyncIterator[SpooledPart]:
             yield part
 
         outcome = await store_parts(self.runtime, one(), None)
         [result] = outcome.results
+        self._audit("transferred", peer, outcome=4 if result.error else 0,
+                    studies=(result.study_instance_uid,) if result.study_instance_uid else (),
+                    detail=result.error.detail if result.error else "")
         if result.error is not None:
             log.info("C-STORE refused (0x%04X): %s", result.error.failure_reason, result.error.detail)
             return result.error.failure_reason
         return SUCCESS
+
+    def _audit(self, event: str, peer: tuple[str, str], *, outcome: int,
+               studies: tuple[str, ...] = (), detail: str = "") -> None:
+        """An audit event of the DIMSE front door: who is the calling AE title (runs on the loop)."""
+        if not self.runtime.settings.audit.enabled:
+            return
+        ae_title, address = peer
+        self.runtime.audit.record(AuditEvent(
+            event=event, action="C" if event == "transferred" else "E", outcome=outcome, who=ae_title,
+            who_kind="dicom-ae", source=address, method="C-STORE", route="DIMSE", studies=studies,
+            detail=detail))
+
+    @staticmethod
+    def _peer(event: Any) -> tuple[str, str]:
+        requestor = event.assoc.requestor
+        title = requestor.ae_title
+        title = title.decode(errors="replace") if isinstance(title, bytes) else str(title)
+        return title.strip(), str(requestor.address)
 
     def handle_store(self, event: Any) -> int:
         try:
@@ -79,11 +101,18 @@ class StorageSCP:
             log.exception("C-STORE could not be received")
             return OUT_OF_RESOURCES
         try:
-            return asyncio.run_coroutine_threadsafe(self._store(part), self.loop).result(timeout=600)
+            return asyncio.run_coroutine_threadsafe(self._store(part, self._peer(event)),
+                                                    self.loop).result(timeout=600)
         except Exception:
             log.exception("C-STORE could not be stored")
             part.discard()
             return OUT_OF_RESOURCES
+
+    def handle_rejected(self, event: Any) -> None:
+        """An association refused (a calling AE title not allowed): a failed authentication."""
+        peer = self._peer(event)
+        self.loop.call_soon_threadsafe(lambda: self._audit(
+            "authentication", peer, outcome=4, detail="association rejected: calling AE title not allowed"))
 
 
 def make_ae(settings: Settings) -> AE:
@@ -125,7 +154,9 @@ async def dimse_front_door(runtime: Runtime) -> AsyncIterator[None]:
     ae = make_ae(settings)
     context = tls_context(settings)
     server = ae.start_server((settings.dimse.host, settings.dimse.port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, scp.handle_store)], ssl_context=context)
+                             evt_handlers=[(evt.EVT_C_STORE, scp.handle_store),
+                                           (evt.EVT_REJECTED, scp.handle_rejected)],
+                             ssl_context=context)
     log.info("DIMSE storage SCP listening", extra={"ae_title": settings.dimse.ae_title,
                                                    "port": settings.dimse.port,
                                                    "tls": context is not None})
@@ -141,7 +172,7 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with open_runtime(settings, migrate=settings.index.migrate) as runtime:
-        async with dimse_front_door(runtime):
+        async with runtime.audit.running(), dimse_front_door(runtime):
             print(f"dicomgw DIMSE storage SCP {settings.dimse.ae_title} at "
                   f"{settings.dimse.host}:{settings.dimse.port}", flush=True)
             await stop.wait()
