@@ -8,6 +8,8 @@
   aiobotocore directly (--s3; needs `make tools-minio`).
 - WADO-RS frames (what OHIF fetches per image) vs reading the same bytes from the original file.
 - QIDO-RS study search with computed attributes vs the raw SQLite scan of the same rows.
+- De-identification (dicomgw.deid, read + profile + write) instances per second vs STOW-RS of the same
+  instances into the embedded gateway.
 - WADO-RS frames per second with the audit trail on vs off (the same data, eight frames in flight
   as a viewer has; alternating runs so that drift does not favour either).
 Results are printed and written to bench/results/latest.json (git-ignored).
@@ -139,6 +141,22 @@ async def frames_per_second(url: str, rounds: int = 400, concurrency: int = 8) -
         return rounds / (time.perf_counter() - t0)
 
 
+def deidentify_all(parts: list[bytes]) -> float:
+    """Seconds to de-identify every instance: parse, apply the profile, write the new file."""
+    import io
+
+    import pydicom
+
+    from dicomgw.deid import deidentify
+
+    t0 = time.perf_counter()
+    for data in parts:
+        out = io.BytesIO()
+        deidentify(pydicom.dcmread(io.BytesIO(data)), b"bench-collection-key").save_as(
+            out, enforce_file_format=True)
+    return time.perf_counter() - t0
+
+
 def audit_on_vs_off(data_dir: Path, repeats: int = 3) -> dict[str, float]:
     """Frames per second of the same gateway data with the audit trail on and off."""
     rates: dict[str, list[float]] = {"on": [], "off": []}
@@ -255,6 +273,11 @@ def main() -> int:
                 "gateway_s": round(stow, 3), "raw_fsync_s": round(raw, 3),
                 "ratio": round(stow / raw, 2),
                 "gateway_instances_per_s": round(len(parts) / stow, 1),
+            }
+            deid = deidentify_all(parts)
+            results["deidentify"] = {
+                "instances_per_s": round(len(parts) / deid, 1),
+                "over_stow_instances_per_s": round(stow / deid, 2),
             }
             if args.orthanc:
                 versus = asyncio.run(gateway_vs_orthanc(parts, gw.url, Path(tmp)))
