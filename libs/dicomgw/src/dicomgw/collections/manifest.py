@@ -1,0 +1,109 @@
+"""A collection's manifest: one row per de-identified instance, as CSV and Parquet, and its check.
+
+What an AI pipeline needs to select and load data without opening every file: pseudonymous patient,
+study, series and instance identifiers, modality, body part, series description, geometry, and the
+SHA-256 of the de-identified object (so a download can be verified file by file). The SHA-256 of the
+original it came from is lineage, kept by the archive for its administrators, never in a manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+MANIFEST = "manifest"
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    path: str  # relative to the collection's root
+    patient_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    body_part_examined: str
+    series_description: str
+    rows: int
+    columns: int
+    frames: int
+    pixel_spacing: str  # row\column spacing in mm, as DICOM writes it
+    slice_thickness: str
+    sha256: str  # of the de-identified file
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def row_for(ds: Dataset, data: bytes, path: str) -> ManifestRow:
+    """The manifest row of one de-identified instance whose file bytes are ``data``."""
+    return ManifestRow(
+        path=path, patient_id=_text(ds, "PatientID"), study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"), sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"), modality=_text(ds, "Modality"),
+        body_part_examined=_text(ds, "BodyPartExamined"), series_description=_text(ds, "SeriesDescription"),
+        rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
+        frames=int(ds.get("NumberOfFrames", 1) or 1), pixel_spacing=_text(ds, "PixelSpacing"),
+        slice_thickness=_text(ds, "SliceThickness"), sha256=hashlib.sha256(data).hexdigest())
+
+
+def write(rows: list[ManifestRow], folder: Path) -> tuple[Path, Path]:
+    """``manifest.csv`` and ``manifest.parquet`` in ``folder``, rows in path order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(rows, key=lambda r: r.path)
+    names = [f.name for f in fields(ManifestRow)]
+    csv_path, parquet_path = folder / f"{MANIFEST}.csv", folder / f"{MANIFEST}.parquet"
+    with open(csv_path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in ordered)
+    table = pa.Table.from_pylist([asdict(r) for r in ordered])
+    pq.write_table(table, parquet_path)
+    return csv_path, parquet_path
+
+
+def read(path: Path) -> list[ManifestRow]:
+    """The rows of a manifest, from its Parquet or CSV form."""
+    if path.suffix == ".parquet":
+        records = pq.read_table(path).to_pylist()
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            records = list(csv.DictReader(f))
+    ints = {"rows", "columns", "frames"}
+    out = []
+    for record in records:
+        values: dict[str, Any] = {k: int(v) if k in ints else str(v) for k, v in record.items()}
+        out.append(ManifestRow(**values))
+    return out
+
+
+def verify(root: Path, rows: list[ManifestRow]) -> list[str]:
+    """The paths whose file is missing or does not have the manifest's SHA-256 (empty: all intact)."""
+    bad = []
+    for row in rows:
+        target = root / row.path
+        if not target.is_file():
+            bad.append(row.path)
+            continue
+        digest = hashlib.sha256()
+        with open(target, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != row.sha256:
+            bad.append(row.path)
+    return bad
