@@ -272,15 +272,10 @@ def test_chart_readme_is_generated_from_the_values_comments() -> None:
 
 
 def _containers(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for doc in docs:
-        spec = doc.get("spec", {})
-        pod = spec.get("template", {}).get("spec") or (spec if doc["kind"] == "Pod" else None)
-        if pod is None and doc["kind"] == "Job":
-            pod = spec["template"]["spec"]
-        for container in (pod or {}).get("containers", []):
-            out.append((f"{doc['kind']}/{doc['metadata']['name']}", container))
-    return out
+    """(kind/name of the workload, container) of every rendered pod spec."""
+    kinds = {d["metadata"]["name"]: d["kind"] for d in docs if d["kind"] in ("Deployment", "Job", "Pod")}
+    return [(f"{kinds[name]}/{name}", container) for name, spec in _pod_specs(docs)
+            for container in spec["containers"]]
 
 
 def test_credentials_are_required_by_default_with_a_hashing_secret_kept_by_the_chart() -> None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from dicomgw.audit import AuditEvent, AuditTrail, to_xml
 from dicomgw.auth.keys import ApiKeyError
 from dicomgw.index.db import create_engine, upgrade
-from dicomgw_gateway.keys import cli_settings, parse_expiry
+from dicomgw_gateway.keys import cli_settings, duration
 
 OUTCOMES = {0: "success", 4: "minor-failure", 8: "serious-failure", 12: "major-failure"}
 
@@ -24,8 +24,9 @@ def since_of(text: str | None, now: datetime) -> datetime | None:
     """`24h`, `7d`... ago, or an ISO date or date-time."""
     if not text:
         return None
-    if text[-1:] in "hdwy" and text[:-1].isdigit():
-        return now - (parse_expiry(text, now) - now)  # type: ignore[operator]
+    span = duration(text)
+    if span is not None:
+        return now - span
     moment = datetime.fromisoformat(text)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

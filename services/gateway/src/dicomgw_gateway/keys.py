@@ -46,13 +46,19 @@ def cli_settings() -> tuple[Settings, str]:
     return settings, f"the embedded gateway's index ({settings.data_dir})"
 
 
+def duration(text: str) -> timedelta | None:
+    """`90d`, `12h`, `4w`, `1y` as a timedelta; None when the text is not such a duration."""
+    match = DURATION.match(text.strip())
+    return int(match.group(1)) * UNITS[match.group(2)] if match else None
+
+
 def parse_expiry(text: str | None, now: datetime) -> datetime | None:
     """`90d`, `12h`, `4w`, `1y`, or an ISO 8601 date or date-time (UTC unless it says)."""
     if not text:
         return None
-    match = DURATION.match(text.strip())
-    if match:
-        return now + int(match.group(1)) * UNITS[match.group(2)]
+    span = duration(text)
+    if span is not None:
+        return now + span
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from sqlalchemy import insert, select
@@ -52,8 +53,7 @@ class AuditTrail:
         for event in events:
             key = event.coalescing_key()
             first = merged.get(key)
-            merged[key] = event if first is None else AuditEvent(**{
-                **first.__dict__, "count": first.count + event.count})
+            merged[key] = event if first is None else replace(first, count=first.count + event.count)
         rows = [{"at": e.at, "event": e.event, "action": e.action, "outcome": e.outcome,
                  "who": e.who[:256], "who_kind": e.who_kind, "source": e.source[:64],
                  "method": e.method, "route": e.route[:256],

@@ -88,16 +88,19 @@ class OidcVerifier:
         self._fetched = time.monotonic()
         log.info("loaded %d signing key(s) of %s", len(keys), self.issuer)
 
+    def _due(self, kid: str) -> bool:
+        age = time.monotonic() - self._fetched
+        return age > self.max_age or (kid not in self._keys and age >= self.min_refresh)
+
     async def _key(self, kid: str) -> jwt.PyJWK:
-        now = time.monotonic()
-        stale = now - self._fetched > self.max_age
-        if kid not in self._keys or stale:
+        if self._due(kid):
             async with self._lock:
-                if (kid not in self._keys and time.monotonic() - self._fetched >= self.min_refresh) or (
-                        time.monotonic() - self._fetched > self.max_age):
+                if self._due(kid):  # not done meanwhile by the request holding the lock
                     try:
                         await self._refresh()
                     except (httpx.HTTPError, ValueError, KeyError) as exc:
+                        # a provider that is down is asked again after min_refresh, not per request
+                        self._fetched = time.monotonic()
                         log.warning("could not fetch the signing keys of %s: %s", self.issuer, exc)
                         if not self._keys:
                             raise InvalidToken("the provider's signing keys cannot be fetched") from exc
