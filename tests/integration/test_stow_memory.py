@@ -22,9 +22,9 @@ BOUNDARY = "dicomgw-1gb-boundary"
 LIMIT_BYTES = 300 * 1024 * 1024
 
 
-def _header_and_pixels() -> tuple[bytes, int]:
+def _header_and_pixels(study_uid: str) -> tuple[bytes, int]:
     """A PS3.10 file without its pixel values: the header up to the Pixel Data value, and its length."""
-    ds = make_dataset(rows=512, columns=512, frames=1)
+    ds = make_dataset(study_uid=study_uid, rows=512, columns=512, frames=1)
     ds.NumberOfFrames = PART_FRAMES
     pixel_len = 512 * 512 * 2 * PART_FRAMES
     ds.PixelData = b"\0" * 16  # placeholder; its length field is patched below
@@ -37,13 +37,16 @@ def _header_and_pixels() -> tuple[bytes, int]:
 
 
 def _body(study_uid: str) -> Iterator[bytes]:
-    head, pixel_len = _header_and_pixels()
+    # the study UID is written by pydicom (a byte patch would break the element's length whenever the
+    # new UID is shorter: generated UIDs vary in length); the SOP Instance UIDs are patched in at the
+    # same length
+    head, pixel_len = _header_and_pixels(study_uid)
     ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True)
-    old_sop, old_study = str(ds.SOPInstanceUID).encode(), str(ds.StudyInstanceUID).encode()
+    old_sop = str(ds.SOPInstanceUID).encode()
     chunk = bytes(range(256)) * 4096  # 1 MiB of a repeating ramp
     for _ in range(PARTS):
         new_sop = (uid().encode() + b"9" * 64)[: len(old_sop)]
-        part_head = head.replace(old_sop, new_sop).replace(old_study, study_uid.encode()[: len(old_study)])
+        part_head = head.replace(old_sop, new_sop)
         yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part_head
         sent = 0
         while sent < pixel_len:
