@@ -73,6 +73,22 @@ class NotFound(DicomgwError):
     title = "Not found"
 
 
+class MethodNotAllowed(DicomgwError):
+    """The resource exists but does not take this method (a read-only partition and STOW-RS)."""
+
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+    title = "Method not allowed"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": "GET, HEAD"}
+
+
+class Conflict(DicomgwError):
+    status = HTTPStatus.CONFLICT
+    title = "Conflict"
+
+
 class NotAcceptable(DicomgwError):
     status = HTTPStatus.NOT_ACCEPTABLE
     title = "Not acceptable"

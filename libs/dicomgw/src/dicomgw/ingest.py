@@ -22,7 +22,7 @@ from dicomgw.errors import (
     StorageUnavailable,
     StudyInstanceUIDMismatch,
 )
-from dicomgw.index.repository import StoredObject
+from dicomgw.index.repository import DEFAULT, StoredObject
 from dicomgw.metrics import STOW_BYTES, STOW_INSTANCES
 from dicomgw.multipart import SpooledPart, parse_media_type
 from dicomgw.runtime import Runtime
@@ -64,7 +64,8 @@ class StowOutcome:
         return 202 if self.succeeded else 409
 
 
-async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None) -> PartResult:
+async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None,
+                      partition: str) -> PartResult:
     result = PartResult(index=part.index)
     try:
         media = parse_media_type(part.content_type or "application/dicom")[0]
@@ -81,7 +82,7 @@ async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None
             raise StudyInstanceUIDMismatch(
                 f"part {part.index} belongs to another study than the request URL names"
             )
-        known = (await runtime.index.known_sha256([parsed.sop_instance_uid])).get(
+        known = (await runtime.index.known_sha256([parsed.sop_instance_uid], partition)).get(
             parsed.sop_instance_uid
         )
         if known is not None:
@@ -91,7 +92,7 @@ async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None
             result.already_present = True
             return result
         key = original_key(parsed.study_instance_uid, parsed.series_instance_uid,
-                           parsed.sop_instance_uid, part.sha256.hex())
+                           parsed.sop_instance_uid, part.sha256.hex(), partition)
         await runtime.store.put_file(key, part.path, sha256=part.sha256, size=part.size)
         result.stored = StoredObject(parsed=parsed, object_key=key, size=part.size, sha256=part.sha256)
     except InstanceRejected as exc:
@@ -108,15 +109,16 @@ async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None
 
 
 async def store_parts(
-    runtime: Runtime, parts: AsyncIterator[SpooledPart], study_uid: str | None
+    runtime: Runtime, parts: AsyncIterator[SpooledPart], study_uid: str | None,
+    partition: str = DEFAULT,
 ) -> StowOutcome:
-    """Store every part, then index the stored ones in one transaction."""
+    """Store every part into ``partition``, then index the stored ones in one transaction."""
     limit = asyncio.Semaphore(runtime.settings.storage.max_concurrency)
     tasks: list[asyncio.Task[PartResult]] = []
 
     async def bounded(part: SpooledPart) -> PartResult:
         async with limit:
-            return await _store_part(runtime, part, study_uid)
+            return await _store_part(runtime, part, study_uid, partition)
 
     try:
         async for part in parts:
@@ -133,7 +135,7 @@ async def store_parts(
         raise
 
     to_index = [r.stored for r in results if r.stored is not None]
-    outcomes = {o.sop_instance_uid: o for o in await runtime.index.commit(to_index)}
+    outcomes = {o.sop_instance_uid: o for o in await runtime.index.commit(to_index, partition)}
     for r in results:
         if r.stored is None:
             continue

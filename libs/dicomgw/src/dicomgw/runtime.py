@@ -14,6 +14,7 @@ from dicomgw.auth import Authenticator
 from dicomgw.config import Settings
 from dicomgw.index.db import create_engine, upgrade
 from dicomgw.index.repository import IndexRepository
+from dicomgw.partitions import Partitions
 from dicomgw.storage import ObjectStore, open_store
 
 
@@ -25,6 +26,7 @@ class Runtime:
     store: ObjectStore
     auth: Authenticator
     audit: AuditTrail
+    partitions: Partitions
     # the second copy of every original, when one is configured
     replica: ObjectStore | None = None
 
@@ -44,10 +46,11 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
     auth = Authenticator.from_settings(settings.auth, engine)
     syslog = (SyslogSender(settings.audit.syslog_url, settings.audit.source_id)
               if settings.audit.syslog_url else None)
+    index = IndexRepository(engine, new_work)
     try:
-        yield Runtime(settings=settings, engine=engine, index=IndexRepository(engine, new_work),
-                      store=store, auth=auth,
-                      audit=AuditTrail(engine, settings.audit.flush_seconds, syslog), replica=replica)
+        yield Runtime(settings=settings, engine=engine, index=index, store=store, auth=auth,
+                      audit=AuditTrail(engine, settings.audit.flush_seconds, syslog),
+                      partitions=Partitions(index), replica=replica)
     finally:
         await auth.close()
         if replica is not None:

@@ -9,11 +9,17 @@ from fastapi.responses import Response
 
 from dicomgw.auth import WRITE
 from dicomgw.dicom.parse import valid_uid
-from dicomgw.errors import BadRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+from dicomgw.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from dicomgw.ingest import StowOutcome, count_outcomes, store_parts
 from dicomgw.multipart import parse_media_type, spool_parts, spool_single
 from dicomgw.web.deps import RuntimeDep, base_url
-from dicomgw.web.security import requires
+from dicomgw.web.security import partition_of, requires
 from dicomgw_ingest.stow import response_dataset
 
 router = APIRouter(tags=["STOW-RS"], dependencies=[requires(WRITE)])
@@ -35,6 +41,10 @@ async def _stow(request: Request, runtime: RuntimeDep, study_uid: str | None) ->
     if study_uid is not None and not valid_uid(study_uid):
         raise BadRequest("the Study Instance UID in the URL is not a valid UID")
     _check_accept(request)
+    partition = partition_of(request)
+    if partition.read_only:
+        raise MethodNotAllowed(f"the partition {partition.name} is read-only: it is a {partition.kind}, "
+                               "written by the archive itself")
     settings = runtime.settings
     max_bytes = settings.http.max_request_bytes
     length = request.headers.get("content-length")
@@ -64,7 +74,7 @@ async def _stow(request: Request, runtime: RuntimeDep, study_uid: str | None) ->
         raise UnsupportedMediaType(
             'send multipart/related; type="application/dicom" (or a single application/dicom body)'
         )
-    outcome: StowOutcome = await store_parts(runtime, parts, study_uid)
+    outcome: StowOutcome = await store_parts(runtime, parts, study_uid, partition.name)
     if not outcome.results:
         raise BadRequest("the request contained no parts")
     count_outcomes(outcome)

@@ -20,7 +20,7 @@ from dicomgw.errors import NotAcceptable
 from dicomgw.index.qido import RETRIEVE_URL, Level, parse_query, search
 from dicomgw.web.deps import RuntimeDep, base_url
 from dicomgw.web.media import maybe_gzip, parse_accept
-from dicomgw.web.security import requires
+from dicomgw.web.security import partition_of, requires
 
 router = APIRouter(tags=["QIDO-RS"], dependencies=[requires(READ)])
 
@@ -58,7 +58,7 @@ async def _search(request: Request, runtime: RuntimeDep, level: Level,
     http = runtime.settings.http
     query = parse_query(level, request.query_params.multi_items(),
                         default_limit=http.qido_default_limit, max_limit=http.qido_max_limit,
-                        study_uid=study, series_uid=series)
+                        study_uid=study, series_uid=series, partition=partition_of(request).name)
     async with runtime.index.sessions() as session:
         results = await search(session, query,
                                case_insensitive=runtime.settings.index.case_insensitive_names)

@@ -23,7 +23,7 @@ from dicomgw.web.media import (
     parse_accept,
 )
 from dicomgw.web.multipart import Part, multipart_response, once
-from dicomgw.web.security import requires
+from dicomgw.web.security import partition_of, requires
 from dicomgw_retrieve import negotiate, reader
 
 router = APIRouter(tags=["WADO-RS"], dependencies=[requires(READ)])
@@ -34,12 +34,13 @@ THUMBNAIL_VIEWPORT = "128,128"
 METADATA_CHUNK = 64 * 1024
 
 
-async def _records(runtime: RuntimeDep, study: str, series: str | None = None,
+async def _records(request: Request, runtime: RuntimeDep, study: str, series: str | None = None,
                    instance: str | None = None) -> list[InstanceRecord]:
     for uid in (study, series, instance):
         if uid is not None and not valid_uid(uid):
             raise BadRequest("a UID in the path is not a valid UID")
-    records = await runtime.index.instances(study, series, instance)
+    records = await runtime.index.instances(study, series, instance,
+                                            partition=partition_of(request).name)
     if not records:
         raise NotFound("no such " + ("instance" if instance else "series" if series else "study"))
     return records
@@ -106,19 +107,19 @@ async def _retrieve(request: Request, runtime: RuntimeDep, records: list[Instanc
 
 @router.get("/studies/{study}")
 async def retrieve_study(study: str, request: Request, runtime: RuntimeDep) -> Response:
-    return await _retrieve(request, runtime, await _records(runtime, study), single_allowed=False)
+    return await _retrieve(request, runtime, await _records(request, runtime, study), single_allowed=False)
 
 
 @router.get("/studies/{study}/series/{series}")
 async def retrieve_series(study: str, series: str, request: Request, runtime: RuntimeDep) -> Response:
-    records = await _records(runtime, study, series)
+    records = await _records(request, runtime, study, series)
     return await _retrieve(request, runtime, records, single_allowed=False)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}")
 async def retrieve_instance(study: str, series: str, instance: str, request: Request,
                             runtime: RuntimeDep) -> Response:
-    records = await _records(runtime, study, series, instance)
+    records = await _records(request, runtime, study, series, instance)
     return await _retrieve(request, runtime, records, single_allowed=True)
 
 
@@ -150,18 +151,18 @@ def _metadata(request: Request, records: list[InstanceRecord]) -> Response:
 
 @router.get("/studies/{study}/metadata")
 async def study_metadata(study: str, request: Request, runtime: RuntimeDep) -> Response:
-    return _metadata(request, await _records(runtime, study))
+    return _metadata(request, await _records(request, runtime, study))
 
 
 @router.get("/studies/{study}/series/{series}/metadata")
 async def series_metadata(study: str, series: str, request: Request, runtime: RuntimeDep) -> Response:
-    return _metadata(request, await _records(runtime, study, series))
+    return _metadata(request, await _records(request, runtime, study, series))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
 async def instance_metadata(study: str, series: str, instance: str, request: Request,
                             runtime: RuntimeDep) -> Response:
-    return _metadata(request, await _records(runtime, study, series, instance))
+    return _metadata(request, await _records(request, runtime, study, series, instance))
 
 
 # ---- frames -----------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ def _frame_type(media_type: str, frame: reader.Frame) -> str:
 async def retrieve_frames(study: str, series: str, instance: str, frame_list: str, request: Request,
                           runtime: RuntimeDep) -> Response:
     numbers = _frame_numbers(frame_list)
-    [record] = await _records(runtime, study, series, instance)
+    [record] = await _records(request, runtime, study, series, instance)
     choice = negotiate.frames(_accept(request), record.transfer_syntax_uid, count=len(numbers))
     count = reader.frame_count(record)
     if max(numbers) > count:
@@ -212,7 +213,7 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
                             runtime: RuntimeDep) -> Response:
     if not _TAG.match(tag):
         raise BadRequest("bulk data is addressed by an 8-digit hexadecimal tag")
-    [record] = await _records(runtime, study, series, instance)
+    [record] = await _records(request, runtime, study, series, instance)
     choice = negotiate.bulkdata(_accept(request))
     tag = tag.upper()
     located = reader.bulk_location(record, tag)
@@ -292,7 +293,7 @@ async def _rendered_many(request: Request, runtime: RuntimeDep,
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
 async def rendered_instance(study: str, series: str, instance: str, request: Request,
                             runtime: RuntimeDep) -> Response:
-    [record] = await _records(runtime, study, series, instance)
+    [record] = await _records(request, runtime, study, series, instance)
     return await _render_response(request, runtime, record)
 
 
@@ -302,36 +303,36 @@ async def rendered_frame(study: str, series: str, instance: str, frame_list: str
     numbers = _frame_numbers(frame_list)
     if len(numbers) != 1:
         raise BadRequest("a rendered frame is addressed by one frame number")
-    [record] = await _records(runtime, study, series, instance)
+    [record] = await _records(request, runtime, study, series, instance)
     return await _render_response(request, runtime, record, numbers[0])
 
 
 @router.get("/studies/{study}/rendered")
 async def rendered_study(study: str, request: Request, runtime: RuntimeDep) -> Response:
-    return await _rendered_many(request, runtime, await _records(runtime, study))
+    return await _rendered_many(request, runtime, await _records(request, runtime, study))
 
 
 @router.get("/studies/{study}/series/{series}/rendered")
 async def rendered_series(study: str, series: str, request: Request, runtime: RuntimeDep) -> Response:
-    return await _rendered_many(request, runtime, await _records(runtime, study, series))
+    return await _rendered_many(request, runtime, await _records(request, runtime, study, series))
 
 
 @router.get("/studies/{study}/thumbnail")
 async def study_thumbnail(study: str, request: Request, runtime: RuntimeDep) -> Response:
-    record = _representative(await _records(runtime, study))
+    record = _representative(await _records(request, runtime, study))
     return await _render_response(request, runtime, record, thumbnail=True)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail")
 async def series_thumbnail(study: str, series: str, request: Request, runtime: RuntimeDep) -> Response:
-    record = _representative(await _records(runtime, study, series))
+    record = _representative(await _records(request, runtime, study, series))
     return await _render_response(request, runtime, record, thumbnail=True)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
 async def instance_thumbnail(study: str, series: str, instance: str, request: Request,
                              runtime: RuntimeDep) -> Response:
-    [record] = await _records(runtime, study, series, instance)
+    [record] = await _records(request, runtime, study, series, instance)
     return await _render_response(request, runtime, record, thumbnail=True)
 
 
@@ -339,5 +340,5 @@ async def instance_thumbnail(study: str, series: str, instance: str, request: Re
 async def frame_thumbnail(study: str, series: str, instance: str, frame_list: str, request: Request,
                           runtime: RuntimeDep) -> Response:
     numbers = _frame_numbers(frame_list)
-    [record] = await _records(runtime, study, series, instance)
+    [record] = await _records(request, runtime, study, series, instance)
     return await _render_response(request, runtime, record, numbers[0], thumbnail=True)

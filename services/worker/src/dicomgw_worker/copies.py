@@ -16,7 +16,7 @@ from dicomgw.storage import ObjectNotFound, ObjectStore
 class Original:
     """What the index says an original is."""
 
-    sop_instance_uid: str
+    key: str  # the outbox key: SOP Instance UID, with its partition outside the default one
     object_key: str
     size: int
     sha256: bytes

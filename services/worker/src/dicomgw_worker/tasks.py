@@ -1,8 +1,9 @@
 """The background tasks: verify, replicate and repair one original; sweeps that find what is due.
 
-Every task is idempotent and keyed by SOP Instance UID, so running one twice (a redelivered Celery
-message, a relay that re-offers an outbox row) does no harm. The same functions serve the embedded
-loop and the Celery workers.
+Every task is idempotent and keyed by the instance's outbox key (its SOP Instance UID, prefixed with
+``{partition}/`` outside the default partition: ``dicomgw.partitions.work_key``), so running one twice
+(a redelivered Celery message, a relay that re-offers an outbox row) does no harm. The same functions
+serve the embedded loop and the Celery workers.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from dicomgw.index.models import Instance, OutboxItem
+from dicomgw.index.repository import parse_work_key, work_key
 from dicomgw.runtime import Runtime
 from dicomgw_worker import metrics
 from dicomgw_worker.copies import Original, check, copy
@@ -20,43 +22,45 @@ from dicomgw_worker.copies import Original, check, copy
 log = logging.getLogger("dicomgw.worker")
 
 
-async def _original(runtime: Runtime, sop_instance_uid: str) -> Original | None:
+def _where(key: str) -> ColumnElement[bool]:
+    partition, uid = parse_work_key(key)
+    return and_(Instance.partition_name == partition, Instance.sop_instance_uid == uid)
+
+
+async def _original(runtime: Runtime, key: str) -> Original | None:
     async with runtime.index.sessions() as session:
         row = (await session.execute(
             select(Instance.object_key, Instance.size, Instance.sha256, Instance.replica_status)
-            .where(Instance.sop_instance_uid == sop_instance_uid)
+            .where(_where(key))
         )).first()
     if row is None:
         return None
-    return Original(sop_instance_uid, row.object_key, row.size, bytes(row.sha256),
-                    row.replica_status)
+    return Original(key, row.object_key, row.size, bytes(row.sha256), row.replica_status)
 
 
-async def _set(runtime: Runtime, sop_instance_uid: str, **values: object) -> None:
+async def _set(runtime: Runtime, key: str, **values: object) -> None:
     async with runtime.index.sessions.begin() as session:
-        await session.execute(
-            update(Instance).where(Instance.sop_instance_uid == sop_instance_uid).values(**values)
-        )
+        await session.execute(update(Instance).where(_where(key)).values(**values))
 
 
-async def enqueue(runtime: Runtime, task: str, sop_instance_uids: list[str]) -> None:
+async def enqueue(runtime: Runtime, task: str, keys: list[str]) -> None:
     """Add outbox rows (idempotent: one row per task and key)."""
-    if not sop_instance_uids:
+    if not keys:
         return
     insert = runtime.index._insert
     async with runtime.index.sessions.begin() as session:
-        for uid in sop_instance_uids:
+        for key in keys:
             await session.execute(
-                insert(OutboxItem).values(task=task, key=uid).on_conflict_do_nothing()
+                insert(OutboxItem).values(task=task, key=key).on_conflict_do_nothing()
             )
 
 
 _STATUS = {"good": "verified", "bad": "mismatch", "missing": "missing"}
 
 
-async def verify(runtime: Runtime, sop_instance_uid: str) -> str:
+async def verify(runtime: Runtime, key: str) -> str:
     """Re-read and re-hash every copy; a bad or missing copy is repaired from a good one."""
-    original = await _original(runtime, sop_instance_uid)
+    original = await _original(runtime, key)
     if original is None:
         return "gone"
     primary = await check(runtime.store, original)
@@ -69,18 +73,18 @@ async def verify(runtime: Runtime, sop_instance_uid: str) -> str:
         metrics.checksum_results.labels(store="replica", result=replica).inc()
         if replica != "good":
             values["replica_status"] = _STATUS[replica]
-    await _set(runtime, sop_instance_uid, **values)
+    await _set(runtime, key, **values)
     if primary != "good" or replica not in (None, "good"):
         log.error("a copy failed verification", extra={"primary": primary, "replica": replica})
-        await enqueue(runtime, "repair", [sop_instance_uid])
+        await enqueue(runtime, "repair", [key])
     return _STATUS[primary]
 
 
-async def replicate(runtime: Runtime, sop_instance_uid: str) -> str:
+async def replicate(runtime: Runtime, key: str) -> str:
     """Make sure the replica holds a verified copy of the original."""
     if runtime.replica is None:
         return "no-replica"
-    original = await _original(runtime, sop_instance_uid)
+    original = await _original(runtime, key)
     if original is None:
         return "gone"
     if await check(runtime.replica, original) != "good":
@@ -88,7 +92,7 @@ async def replicate(runtime: Runtime, sop_instance_uid: str) -> str:
                             runtime.settings.spool_path)
         if not copied:
             # The primary itself is not right: repair decides what to do, never propagate bad bytes.
-            await enqueue(runtime, "repair", [sop_instance_uid])
+            await enqueue(runtime, "repair", [key])
             metrics.replication_results.labels(result="source-bad").inc()
             return "source-bad"
         # verify the copy by reading it back from the replica
@@ -96,13 +100,13 @@ async def replicate(runtime: Runtime, sop_instance_uid: str) -> str:
             metrics.replication_results.labels(result="copy-bad").inc()
             raise RuntimeError("replica copy did not verify")  # retried with backoff
     metrics.replication_results.labels(result="replicated").inc()
-    await _set(runtime, sop_instance_uid, replica_status="replicated", replicated_at=datetime.now(UTC))
+    await _set(runtime, key, replica_status="replicated", replicated_at=datetime.now(UTC))
     return "replicated"
 
 
-async def repair(runtime: Runtime, sop_instance_uid: str) -> str:
+async def repair(runtime: Runtime, key: str) -> str:
     """Replace a bad copy from a good one, never the reverse; with no good copy, alert and keep both."""
-    original = await _original(runtime, sop_instance_uid)
+    original = await _original(runtime, key)
     if original is None:
         return "gone"
     primary = await check(runtime.store, original)
@@ -110,12 +114,12 @@ async def repair(runtime: Runtime, sop_instance_uid: str) -> str:
     outcome: str
     if primary == "good" and replica in ("good", "absent"):
         outcome = "intact"
-        await _set(runtime, sop_instance_uid, verify_status="verified", verified_at=datetime.now(UTC))
+        await _set(runtime, key, verify_status="verified", verified_at=datetime.now(UTC))
     elif primary == "good":
         assert runtime.replica is not None
         await copy(runtime.store, runtime.replica, original, runtime.settings.spool_path)
         outcome = "replica-repaired"
-        await _set(runtime, sop_instance_uid, replica_status="replicated",
+        await _set(runtime, key, replica_status="replicated",
                    replicated_at=datetime.now(UTC), repaired_count=Instance.repaired_count + 1)
     elif replica == "good":
         assert runtime.replica is not None
@@ -123,13 +127,13 @@ async def repair(runtime: Runtime, sop_instance_uid: str) -> str:
         if await check(runtime.store, original) != "good":
             raise RuntimeError("repaired primary copy did not verify")
         outcome = "primary-repaired"
-        await _set(runtime, sop_instance_uid, verify_status="repaired", verified_at=datetime.now(UTC),
+        await _set(runtime, key, verify_status="repaired", verified_at=datetime.now(UTC),
                    repaired_count=Instance.repaired_count + 1)
     else:
         outcome = "lost"
         log.critical("no good copy of an original is left", extra={"primary": primary,
                                                                    "replica": replica})
-        await _set(runtime, sop_instance_uid, verify_status="lost", verified_at=datetime.now(UTC))
+        await _set(runtime, key, verify_status="lost", verified_at=datetime.now(UTC))
     metrics.repair_results.labels(result=outcome).inc()
     return outcome
 
@@ -139,18 +143,18 @@ async def sweep(runtime: Runtime, *, limit: int = 1000) -> dict[str, int]:
     cutoff = datetime.now(UTC) - timedelta(seconds=runtime.settings.worker.verify_cycle_seconds)
     async with runtime.index.sessions() as session:
         due_verify = (await session.execute(
-            select(Instance.sop_instance_uid).where(or_(
+            select(Instance.partition_name, Instance.sop_instance_uid).where(or_(
                 Instance.verified_at.is_(None), Instance.verified_at < cutoff,
                 Instance.verify_status.in_(("mismatch", "missing")),
             )).order_by(Instance.verified_at.nulls_first()).limit(limit)
-        )).scalars().all()
+        )).all()
         due_replicate: list[str] = []
         if runtime.replica is not None:
-            due_replicate = list((await session.execute(
-                select(Instance.sop_instance_uid)
+            due_replicate = [work_key(p, uid) for p, uid in (await session.execute(
+                select(Instance.partition_name, Instance.sop_instance_uid)
                 .where(Instance.replica_status != "replicated").limit(limit)
-            )).scalars().all())
-    await enqueue(runtime, "verify", list(due_verify))
+            )).all()]
+    await enqueue(runtime, "verify", [work_key(p, uid) for p, uid in due_verify])
     await enqueue(runtime, "replicate", due_replicate)
     return {"verify": len(due_verify), "replicate": len(due_replicate)}
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dicomgw.auth.keys import ApiKeyInfo, ApiKeys, looks_like_key
 from dicomgw.auth.oidc import InvalidToken, OidcVerifier
-from dicomgw.auth.principal import ALL_SCOPES, ANONYMOUS, Principal
+from dicomgw.auth.principal import ANONYMOUS, Principal, valid_scope
 from dicomgw.config import AuthSettings
 from dicomgw.errors import Unauthorized
 
@@ -42,9 +42,9 @@ def claim_values(claims: dict[str, Any], path: str) -> list[str]:
 def scopes_from(values: Iterable[str], scope_map: dict[str, list[str]]) -> frozenset[str]:
     granted: set[str] = set()
     for value in values:
-        if value in ALL_SCOPES:
+        if valid_scope(value):
             granted.add(value)
-        granted.update(s for s in scope_map.get(value, ()) if s in ALL_SCOPES)
+        granted.update(s for s in scope_map.get(value, ()) if valid_scope(s))
     return frozenset(granted)
 
 

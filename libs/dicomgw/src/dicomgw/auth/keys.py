@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from dicomgw.auth.principal import ALL_SCOPES
+from dicomgw.auth.principal import ALL_SCOPES, valid_scope
 from dicomgw.index.db import session_factory
 from dicomgw.index.models import ApiKey
 
@@ -78,9 +78,10 @@ class ApiKeys:
     async def create(self, name: str, scopes: set[str] | frozenset[str],
                      expires_at: datetime | None = None) -> tuple[str, ApiKeyInfo]:
         """A new key (returned once, never stored) and its record."""
-        unknown = set(scopes) - ALL_SCOPES
+        unknown = {s for s in scopes if not valid_scope(s)}
         if unknown or not scopes:
-            raise ApiKeyError(f"scopes must be among {', '.join(sorted(ALL_SCOPES))}"
+            raise ApiKeyError(f"scopes must be among {', '.join(sorted(ALL_SCOPES))} "
+                              "(dicom.read and dicom.write also as dicom.read:PARTITION)"
                             + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
         if not name or len(name) > 128 or not name.isprintable() or " " in name:
             raise ApiKeyError("a key name is 1 to 128 printable characters without spaces")

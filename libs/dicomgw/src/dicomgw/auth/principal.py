@@ -1,7 +1,12 @@
-"""The scopes of dicomgw and the Principal a credential resolves to."""
+"""The scopes of dicomgw and the Principal a credential resolves to.
+
+``dicom.read`` and ``dicom.write`` hold for every partition; ``dicom.read:hospital-a`` and
+``dicom.write:hospital-a`` for that partition only. ``dicom.admin`` is never per partition.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,6 +14,13 @@ READ = "dicom.read"  # QIDO-RS, WADO-RS
 WRITE = "dicom.write"  # STOW-RS, DIMSE import jobs
 ADMIN = "dicom.admin"  # status, verification, keys, audit
 ALL_SCOPES = frozenset({READ, WRITE, ADMIN})
+PARTITIONED = frozenset({READ, WRITE})
+_QUALIFIED = re.compile(r"^(dicom\.read|dicom\.write):([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)$")
+
+
+def valid_scope(scope: str) -> bool:
+    """A scope dicomgw grants: one of ALL_SCOPES, or ``dicom.read:NAME`` / ``dicom.write:NAME``."""
+    return scope in ALL_SCOPES or bool(_QUALIFIED.match(scope))
 
 
 @dataclass(frozen=True)
@@ -22,8 +34,15 @@ class Principal:
     # stable identity: the token's `sub`, or key:<name>
     subject: str = ""
 
-    def may(self, scope: str) -> bool:
-        return scope in self.scopes
+    def may(self, scope: str, partition: str | None = None) -> bool:
+        """Whether the credential grants ``scope`` (in ``partition``, for the partitioned scopes)."""
+        if scope in self.scopes:
+            return True
+        return partition is not None and scope in PARTITIONED and f"{scope}:{partition}" in self.scopes
+
+    def sees(self, partition: str) -> bool:
+        """Whether the partition exists for this credential: any scope for it, or a global one."""
+        return any(s in ALL_SCOPES or s.endswith(f":{partition}") for s in self.scopes)
 
 
 ANONYMOUS = Principal(kind="anonymous", name="anonymous", scopes=ALL_SCOPES, subject="anonymous")

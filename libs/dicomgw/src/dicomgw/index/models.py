@@ -13,11 +13,13 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
-    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -26,30 +28,58 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 UID = String(64)
+# a partition's name (`dicomgw.partitions.valid_name`); "default" is /dicom-web itself
+PARTITION = String(63)
 
 
 class Base(DeclarativeBase):
     pass
 
 
+def _in_partition(name: str, *columns: str) -> Index:
+    """An index whose look-ups are within one partition, as every search is.
+
+    The partition comes last, in keys and indexes alike: it narrows almost nothing (most rows are in
+    a few partitions), and SQLite's planner, without statistics, takes an equality on a leading column
+    for a selective one and would prefer any partition-led index to the one that matches the query.
+    """
+    return Index(name, *columns, "partition_name")
+
+
+class Partition(Base):
+    """A separate archive behind one DICOMweb root: a hospital's data, or a research collection."""
+
+    __tablename__ = "partitions"
+
+    name: Mapped[str] = mapped_column(PARTITION, primary_key=True)
+    # "archive" (stored into by STOW-RS and DIMSE) or "collection" (written by the collection builder)
+    kind: Mapped[str] = mapped_column(String(16), default="archive")
+    # a read-only partition refuses STOW-RS (405); its content is derived data
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class Study(Base):
     __tablename__ = "studies"
 
-    study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
-    study_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    # every row is in exactly one partition; the same UIDs may exist in two partitions
+    partition_name: Mapped[str] = mapped_column(PARTITION, default="default")
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    study_date: Mapped[str | None] = mapped_column(String(8))
     study_time: Mapped[str | None] = mapped_column(String(16))
-    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
-    study_id: Mapped[str | None] = mapped_column(String(16), index=True)
-    study_description: Mapped[str | None] = mapped_column(String(256), index=True)
-    referring_physician_name: Mapped[str | None] = mapped_column(String(512), index=True)
-    referring_physician_name_folded: Mapped[str | None] = mapped_column(String(512), index=True)
-    patient_name: Mapped[str | None] = mapped_column(String(512), index=True)
-    patient_name_folded: Mapped[str | None] = mapped_column(String(512), index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    study_id: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(String(256))
+    referring_physician_name: Mapped[str | None] = mapped_column(String(512))
+    referring_physician_name_folded: Mapped[str | None] = mapped_column(String(512))
+    patient_name: Mapped[str | None] = mapped_column(String(512))
+    patient_name_folded: Mapped[str | None] = mapped_column(String(512))
     # " smith john j " : every component word, folded, space-delimited with a leading/trailing space
     patient_name_words: Mapped[str | None] = mapped_column(String(600))
-    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    patient_birth_date: Mapped[str | None] = mapped_column(String(8), index=True)
-    patient_sex: Mapped[str | None] = mapped_column(String(16), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
     # DICOM JSON members (no braces) of the study- and patient-level attributes of the first instance
     attributes_json: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -57,48 +87,59 @@ class Study(Base):
         DateTime(timezone=True), server_default=func.now(), index=True
     )
 
-    # the study list, newest first, and StudyDate/StudyTime matching
-    __table_args__ = (Index("ix_studies_date_time", "study_date", "study_time"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("study_instance_uid", "partition_name"),
+        # the study list, newest first, and StudyDate/StudyTime matching
+        _in_partition("ix_studies_date_time", "study_date", "study_time"),
+        *(_in_partition(f"ix_studies_{c}", c) for c in (
+            "accession_number", "study_id", "study_description",
+            "referring_physician_name", "referring_physician_name_folded", "patient_name",
+            "patient_name_folded", "patient_id", "patient_birth_date", "patient_sex")),
+    )
 
 
 class Series(Base):
     __tablename__ = "series"
 
-    series_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
-    study_instance_uid: Mapped[str] = mapped_column(
-        UID, ForeignKey("studies.study_instance_uid", ondelete="CASCADE"), index=True
-    )
-    modality: Mapped[str | None] = mapped_column(String(16), index=True)
+    partition_name: Mapped[str] = mapped_column(PARTITION, default="default")
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    modality: Mapped[str | None] = mapped_column(String(16))
     series_number: Mapped[int | None] = mapped_column(Integer)
-    series_description: Mapped[str | None] = mapped_column(String(256), index=True)
-    series_date: Mapped[str | None] = mapped_column(String(8), index=True)
-    series_time: Mapped[str | None] = mapped_column(String(16), index=True)
-    body_part_examined: Mapped[str | None] = mapped_column(String(64), index=True)
-    performed_procedure_step_start_date: Mapped[str | None] = mapped_column(
-        String(8), index=True
-    )
-    performed_procedure_step_start_time: Mapped[str | None] = mapped_column(
-        String(16), index=True
-    )
+    series_description: Mapped[str | None] = mapped_column(String(256))
+    series_date: Mapped[str | None] = mapped_column(String(8))
+    series_time: Mapped[str | None] = mapped_column(String(16))
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    performed_procedure_step_start_date: Mapped[str | None] = mapped_column(String(8))
+    performed_procedure_step_start_time: Mapped[str | None] = mapped_column(String(16))
     attributes_json: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
-    # the series of a study in SeriesNumber order (QIDO's series listing and SeriesNumber matching)
-    __table_args__ = (Index("ix_series_study_number", "study_instance_uid", "series_number"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("series_instance_uid", "partition_name"),
+        # the series of a study in SeriesNumber order (QIDO's series listing and SeriesNumber matching)
+        _in_partition("ix_series_study_number", "study_instance_uid", "series_number"),
+        *(_in_partition(f"ix_series_{c}", c) for c in (
+            "modality", "series_description", "series_date", "series_time",
+            "body_part_examined", "performed_procedure_step_start_date",
+            "performed_procedure_step_start_time")),
+        ForeignKeyConstraint(["study_instance_uid", "partition_name"],
+                             ["studies.study_instance_uid", "studies.partition_name"],
+                             name="fk_series_study", ondelete="CASCADE"),
+    )
 
 
 class Instance(Base):
     __tablename__ = "instances"
 
-    sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
-    series_instance_uid: Mapped[str] = mapped_column(
-        UID, ForeignKey("series.series_instance_uid", ondelete="CASCADE"), index=True
-    )
-    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
-    sop_class_uid: Mapped[str] = mapped_column(UID, index=True)
+    partition_name: Mapped[str] = mapped_column(PARTITION, default="default")
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
     instance_number: Mapped[int | None] = mapped_column(Integer)
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
-    content_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    content_date: Mapped[str | None] = mapped_column(String(8))
     content_time: Mapped[str | None] = mapped_column(String(16))
     rows: Mapped[int | None] = mapped_column(Integer)
     columns: Mapped[int | None] = mapped_column(Integer)
@@ -124,11 +165,16 @@ class Instance(Base):
     repaired_count: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
-        Index("ix_instances_study_series", "study_instance_uid", "series_instance_uid"),
+        PrimaryKeyConstraint("sop_instance_uid", "partition_name"),
+        _in_partition("ix_instances_study_series", "study_instance_uid", "series_instance_uid"),
+        *(_in_partition(f"ix_instances_{c}", c) for c in ("sop_class_uid", "content_date")),
         # the instances of a series in InstanceNumber order (QIDO instance listing and matching);
         # Rows, Columns, NumberOfFrames and ContentTime are matched within a study or series scope
         # and stay unindexed to keep ingest into the largest table lean
-        Index("ix_instances_series_number", "series_instance_uid", "instance_number"),
+        _in_partition("ix_instances_series_number", "series_instance_uid", "instance_number"),
+        ForeignKeyConstraint(["series_instance_uid", "partition_name"],
+                             ["series.series_instance_uid", "series.partition_name"],
+                             name="fk_instances_series", ondelete="CASCADE"),
     )
 
 
@@ -191,3 +237,68 @@ class AuditEventRow(Base):
     query: Mapped[str] = mapped_column(Text)
     detail: Mapped[str] = mapped_column(Text)
     count: Mapped[int] = mapped_column(Integer)
+
+
+class Collection(Base):
+    """A research collection: a query over a source partition, de-identified into its own partition.
+
+    Its definition (source, query, profile) is fixed at creation; running it again makes a new version
+    that adds what is new. The pseudonym key is the collection's own secret: the same patient, study
+    or UID maps to the same pseudonym in every version, and to nothing without the key.
+    """
+
+    __tablename__ = "collections"
+
+    name: Mapped[str] = mapped_column(PARTITION, primary_key=True)
+    source: Mapped[str] = mapped_column(PARTITION)
+    query: Mapped[str] = mapped_column(Text, default="")
+    # comma-delimited profile and options ("basic,retain-longitudinal")
+    profile: Mapped[str] = mapped_column(String(256))
+    nifti: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the HMAC key of the pseudonyms (32 random bytes); never leaves the archive
+    secret: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class CollectionVersion(Base):
+    __tablename__ = "collection_versions"
+
+    collection: Mapped[str] = mapped_column(PARTITION, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # building | complete | failed
+    state: Mapped[str] = mapped_column(String(16), default="building")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    # counts of the version's own new items, once complete
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    excluded: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CollectionItem(Base):
+    """One source instance of a collection: its de-identified copy, or why it was left out.
+
+    Also the lineage of the collection (admin only): which original (by SHA-256) each shared object
+    came from. An item belongs to the version that first included it, and is never changed after it
+    is done, so an earlier version's content stays what it was.
+    """
+
+    __tablename__ = "collection_items"
+
+    collection: Mapped[str] = mapped_column(PARTITION, primary_key=True)
+    source_sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, index=True)
+    source_study_instance_uid: Mapped[str] = mapped_column(UID)
+    source_series_instance_uid: Mapped[str] = mapped_column(UID)
+    original_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # pending | done | excluded
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    reason: Mapped[str] = mapped_column(String(256), default="")
+    study_instance_uid: Mapped[str | None] = mapped_column(UID)
+    series_instance_uid: Mapped[str | None] = mapped_column(UID)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    sha256: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    # the manifest row (JSON) of the de-identified instance
+    row_json: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index("ix_collection_items_state", "collection", "state"),)

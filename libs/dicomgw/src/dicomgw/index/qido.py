@@ -140,6 +140,8 @@ class Query:
     """A validated QIDO-RS request: level, path scope, matching keys and what to return."""
 
     level: Level
+    # the partition searched (dicomgw.partitions); nothing of another partition is ever matched
+    partition: str = "default"
     study_uid: str | None = None
     series_uid: str | None = None
     filters: list[tuple[Attr, str]] = field(default_factory=list)
@@ -169,12 +171,13 @@ class Query:
 # ---- parsing ---------------------------------------------------------------------------------
 def parse_query(level: Level, params: Iterable[tuple[str, str]], *, default_limit: int,
                 max_limit: int, study_uid: str | None = None,
-                series_uid: str | None = None) -> Query:
+                series_uid: str | None = None, partition: str = "default") -> Query:
     """Validate and classify the query parameters of a QIDO-RS request."""
     for path_uid in (study_uid, series_uid):
         if path_uid is not None and not valid_uid(path_uid):
             raise BadRequest("a UID in the path is not a valid UID")
-    query = Query(level=level, study_uid=study_uid, series_uid=series_uid, limit=default_limit)
+    query = Query(level=level, partition=partition, study_uid=study_uid, series_uid=series_uid,
+                  limit=default_limit)
     for key, value in params:
         if key == "limit":
             _set_limit(query, value, max_limit)
@@ -367,29 +370,31 @@ def range_match(column: Any, value: str, kind: str) -> ColumnElement[bool]:
     return and_(*clauses)
 
 
-def _modalities_in_study(value: str) -> ColumnElement[bool]:
+def _modalities_in_study(value: str, partition: str) -> ColumnElement[bool]:
     # a semi-join the planner can start from the modality index; not correlated, so it is right at
     # series level too, where the outer query has a Series of its own
     modalities = _values(ATTRS_BY_KEYWORD["ModalitiesInStudy"], value)
     return Study.study_instance_uid.in_(
         select(Series.study_instance_uid)
-        .where(or_(*(string_match(Series.modality, m) for m in modalities))).correlate(None))
+        .where(Series.partition_name == partition,
+               or_(*(string_match(Series.modality, m) for m in modalities))).correlate(None))
 
 
-def _sop_classes_in_study(value: str) -> ColumnElement[bool]:
+def _sop_classes_in_study(value: str, partition: str) -> ColumnElement[bool]:
     classes = _values(ATTRS_BY_KEYWORD["SOPClassesInStudy"], value)
     return Study.study_instance_uid.in_(
-        select(Instance.study_instance_uid).where(Instance.sop_class_uid.in_(classes))
+        select(Instance.study_instance_uid).where(Instance.partition_name == partition,
+                                                  Instance.sop_class_uid.in_(classes))
         .correlate(None))
 
 
 def condition(attr: Attr, value: str, *, fuzzy: bool = False,
-              case_insensitive: bool = True) -> ColumnElement[bool]:
+              case_insensitive: bool = True, partition: str = "default") -> ColumnElement[bool]:
     """The SQL condition of one matching key."""
     if attr.keyword == "ModalitiesInStudy":
-        return _modalities_in_study(value)
+        return _modalities_in_study(value, partition)
     if attr.keyword == "SOPClassesInStudy":
-        return _sop_classes_in_study(value)
+        return _sop_classes_in_study(value, partition)
     values = _values(attr, value)
     if attr.kind == "uid":
         return attr.column.in_(values)  # type: ignore[no-any-return]
@@ -406,30 +411,35 @@ def build(query: Query, *, case_insensitive: bool = True) -> Select[*tuple[Any, 
     """The SELECT of one page of results (one row more, to tell whether more remain)."""
     stmt: Select[*tuple[Any, ...]]
     order: list[Any]
+    partition = query.partition
     if query.level == "study":
         stmt = select(Study)
         order = [Study.study_date.desc().nulls_last(), Study.study_time.desc().nulls_last(),
                  Study.study_instance_uid]
     elif query.level == "series":
-        stmt = select(Series, Study).join(Study, Series.study_instance_uid == Study.study_instance_uid)
+        stmt = select(Series, Study).join(Study, and_(Series.partition_name == Study.partition_name,
+                                                      Series.study_instance_uid == Study.study_instance_uid))
         order = [Series.study_instance_uid, Series.series_number.asc().nulls_last(),
                  Series.series_instance_uid]
     else:
         stmt = (select(Instance, Series, Study)
-                .join(Series, Instance.series_instance_uid == Series.series_instance_uid)
-                .join(Study, Instance.study_instance_uid == Study.study_instance_uid)
+                .join(Series, and_(Instance.partition_name == Series.partition_name,
+                                   Instance.series_instance_uid == Series.series_instance_uid))
+                .join(Study, and_(Instance.partition_name == Study.partition_name,
+                                  Instance.study_instance_uid == Study.study_instance_uid))
                 .options(defer(Instance.layout_json)))
         order = [Instance.study_instance_uid, Instance.series_instance_uid,
                  Instance.instance_number.asc().nulls_last(), Instance.sop_instance_uid]
-    conditions: list[ColumnElement[bool]] = []
+    level_table: Any = {"study": Study, "series": Series, "instance": Instance}[query.level]
+    conditions: list[ColumnElement[bool]] = [level_table.partition_name == partition]
     if query.study_uid is not None:
         conditions.append(Study.study_instance_uid == query.study_uid)
     if query.series_uid is not None:
         conditions.append(Series.series_instance_uid == query.series_uid)
-    conditions += [condition(attr, value, fuzzy=query.fuzzy, case_insensitive=case_insensitive)
+    conditions += [condition(attr, value, fuzzy=query.fuzzy, case_insensitive=case_insensitive,
+                             partition=partition)
                    for attr, value in query.filters]
-    if conditions:
-        stmt = stmt.where(and_(*conditions))
+    stmt = stmt.where(and_(*conditions))
     return stmt.order_by(*order).limit(query.limit + 1).offset(query.offset)
 
 
@@ -463,8 +473,9 @@ async def search(session: AsyncSession, query: Query, *,
     studies = await _study_aggregates(session, query, {r[-1].study_instance_uid for r in rows})
     series_counts: dict[str, int] = {}
     if query.level != "study" and query.wants(_SERIES_COUNT):
-        series_counts = await _series_counts(session, {r[0 if query.level == "series" else 1]
-                                                       .series_instance_uid for r in rows})
+        series_counts = await _series_counts(session, query.partition,
+                                             {r[0 if query.level == "series" else 1]
+                                              .series_instance_uid for r in rows})
     results = []
     for row in rows:
         attrs = _study_attrs(row[-1], studies)
@@ -493,14 +504,17 @@ async def _study_aggregates(session: AsyncSession, query: Query,
     out: dict[str, dict[str, Any]] = defaultdict(dict)
     counts = await session.execute(
         select(Instance.study_instance_uid, func.count(distinct(Instance.series_instance_uid)),
-               func.count()).where(Instance.study_instance_uid.in_(wanted))
+               func.count()).where(Instance.partition_name == query.partition,
+                                   Instance.study_instance_uid.in_(wanted))
         .group_by(Instance.study_instance_uid))
     for uid, n_series, n_instances in counts.all():
         out[uid]["00201206"] = _element("NumberOfStudyRelatedSeries", n_series)
         out[uid]["00201208"] = _element("NumberOfStudyRelatedInstances", n_instances)
-    modalities = await _grouped_values(session, Series.study_instance_uid, Series.modality, wanted)
-    classes = (await _grouped_values(session, Instance.study_instance_uid, Instance.sop_class_uid,
-                                     wanted) if query.wants(_SOP_CLASSES_IN_STUDY) else None)
+    modalities = await _grouped_values(session, Series, Series.study_instance_uid, Series.modality,
+                                       query.partition, wanted)
+    classes = (await _grouped_values(session, Instance, Instance.study_instance_uid,
+                                     Instance.sop_class_uid, query.partition, wanted)
+               if query.wants(_SOP_CLASSES_IN_STUDY) else None)
     for uid in wanted:
         # A study none of whose instances names a Modality (a Type 1 attribute, missing in real-world
         # files) has no Modalities in Study to report: the attribute is left out rather than sent empty,
@@ -513,21 +527,23 @@ async def _study_aggregates(session: AsyncSession, query: Query,
     return out
 
 
-async def _grouped_values(session: AsyncSession, key: Any, column: Any,
+async def _grouped_values(session: AsyncSession, table: Any, key: Any, column: Any, partition: str,
                           uids: list[str]) -> dict[str, list[str]]:
     """The distinct values of ``column`` per ``key`` (sorted), for the given keys, in one query."""
     grouped: dict[str, list[str]] = defaultdict(list)
-    rows = await session.execute(select(key, column).where(key.in_(uids), column.is_not(None))
+    rows = await session.execute(select(key, column).where(table.partition_name == partition,
+                                                           key.in_(uids), column.is_not(None))
                                  .distinct().order_by(key, column))
     for uid, value in rows.all():
         grouped[uid].append(value)
     return grouped
 
 
-async def _series_counts(session: AsyncSession, uids: set[str]) -> dict[str, int]:
+async def _series_counts(session: AsyncSession, partition: str, uids: set[str]) -> dict[str, int]:
     rows = await session.execute(
         select(Instance.series_instance_uid, func.count())
-        .where(Instance.series_instance_uid.in_(list(uids))).group_by(Instance.series_instance_uid))
+        .where(Instance.partition_name == partition, Instance.series_instance_uid.in_(list(uids)))
+        .group_by(Instance.series_instance_uid))
     return {uid: count for uid, count in rows.all()}
 
 

@@ -15,6 +15,23 @@ from dicomgw.dicom.parse import ParsedInstance
 from dicomgw.index.db import session_factory
 from dicomgw.index.models import Instance, OutboxItem, Series, Study
 
+# the partition every row is in unless said otherwise (dicomgw.partitions.DEFAULT)
+DEFAULT = "default"
+
+
+def work_key(partition: str, sop_instance_uid: str) -> str:
+    """The outbox key of an instance: its UID in the default partition, ``{partition}/{uid}`` otherwise.
+
+    UIDs are digits and dots, so the slash cannot be part of one; keys written before partitions
+    existed stay valid.
+    """
+    return sop_instance_uid if partition == DEFAULT else f"{partition}/{sop_instance_uid}"
+
+
+def parse_work_key(key: str) -> tuple[str, str]:
+    partition, _, uid = key.rpartition("/")
+    return (partition or DEFAULT), uid
+
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -37,6 +54,7 @@ class CommitOutcome:
 
 @dataclass(frozen=True)
 class InstanceRecord:
+    partition: str
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
@@ -60,20 +78,24 @@ class IndexRepository:
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
-    async def known_sha256(self, sop_uids: Sequence[str]) -> dict[str, bytes]:
-        """SHA-256 of the indexed original of each SOP Instance UID that is indexed already."""
+    async def known_sha256(self, sop_uids: Sequence[str], partition: str = DEFAULT) -> dict[str, bytes]:
+        """SHA-256 of the indexed original of each SOP Instance UID indexed already in the partition."""
         if not sop_uids:
             return {}
         async with self.sessions() as session:
             rows = await session.execute(
                 select(Instance.sop_instance_uid, Instance.sha256).where(
-                    Instance.sop_instance_uid.in_(list(sop_uids))
+                    Instance.partition_name == partition,
+                    Instance.sop_instance_uid.in_(list(sop_uids)),
                 )
             )
             return {uid: bytes(sha) for uid, sha in rows.all()}
 
-    async def commit(self, objects: Sequence[StoredObject]) -> list[CommitOutcome]:
-        """Index every stored object in one transaction; the outbox gets a verify task for each new one."""
+    async def commit(self, objects: Sequence[StoredObject], partition: str = DEFAULT) -> list[CommitOutcome]:
+        """Index every stored object in one transaction; the outbox gets a verify task for each new one.
+
+        Every object goes into ``partition`` (which must exist).
+        """
         if not objects:
             return []
         ins = self._insert
@@ -84,13 +106,16 @@ class IndexRepository:
                 studies.setdefault(obj.parsed.study_instance_uid, obj.parsed.study)
                 series.setdefault(obj.parsed.series_instance_uid, obj.parsed.series)
             for row in studies.values():
-                await session.execute(ins(Study).values(**row).on_conflict_do_nothing())
+                await session.execute(
+                    ins(Study).values(**row, partition_name=partition).on_conflict_do_nothing())
             for row in series.values():
-                await session.execute(ins(Series).values(**row).on_conflict_do_nothing())
+                await session.execute(
+                    ins(Series).values(**row, partition_name=partition).on_conflict_do_nothing())
             outcomes: list[CommitOutcome] = []
             for obj in objects:
                 values = dict(obj.parsed.instance)
                 values.update(
+                    partition_name=partition,
                     object_key=obj.object_key,
                     size=obj.size,
                     sha256=obj.sha256,
@@ -106,12 +131,14 @@ class IndexRepository:
                     outcomes.append(CommitOutcome(obj.parsed.sop_instance_uid, "stored", obj.object_key))
                     for task in self.new_work:
                         await session.execute(
-                            ins(OutboxItem).values(task=task, key=obj.parsed.sop_instance_uid)
+                            ins(OutboxItem).values(
+                                task=task, key=work_key(partition, obj.parsed.sop_instance_uid))
                             .on_conflict_do_nothing()
                         )
                     continue
                 existing = (await session.execute(
                     select(Instance.sha256, Instance.object_key).where(
+                        Instance.partition_name == partition,
                         Instance.sop_instance_uid == obj.parsed.sop_instance_uid)
                 )).one()
                 status = "present" if bytes(existing.sha256) == obj.sha256 else "conflict"
@@ -119,10 +146,12 @@ class IndexRepository:
         return outcomes
 
     async def instances(
-        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None,
+        *, partition: str = DEFAULT,
     ) -> list[InstanceRecord]:
-        """Instances of a study, series or one instance, in series then instance-number order."""
-        query = select(Instance).where(Instance.study_instance_uid == study_uid)
+        """Instances of a study, series or one instance of a partition, in series then number order."""
+        query = select(Instance).where(Instance.partition_name == partition,
+                                       Instance.study_instance_uid == study_uid)
         if series_uid is not None:
             query = query.where(Instance.series_instance_uid == series_uid)
         if sop_uid is not None:
@@ -134,6 +163,7 @@ class IndexRepository:
             rows = (await session.execute(query)).scalars().all()
         return [
             InstanceRecord(
+                partition=r.partition_name,
                 study_instance_uid=r.study_instance_uid,
                 series_instance_uid=r.series_instance_uid,
                 sop_instance_uid=r.sop_instance_uid,

@@ -2,7 +2,8 @@
 
 Keys of originals are content-addressed (``originals/{study}/{series}/{sop}/{sha256}.dcm``) so that an
 original can never be replaced in place: a different object for the same SOP Instance UID lands under a
-different key, and the index decides which one is the instance.
+different key, and the index decides which one is the instance. The originals of a partition other
+than ``default`` live under ``partitions/{name}/originals/...``.
 """
 
 from __future__ import annotations
@@ -70,5 +71,11 @@ class ObjectStore(Protocol):
     async def close(self) -> None: ...
 
 
-def original_key(study_uid: str, series_uid: str, sop_uid: str, sha256_hex: str) -> str:
-    return f"originals/{study_uid}/{series_uid}/{sop_uid}/{sha256_hex}.dcm"
+def partition_prefix(partition: str) -> str:
+    """Where a partition's objects live ("" for the default partition)."""
+    return "" if partition == "default" else f"partitions/{partition}/"
+
+
+def original_key(study_uid: str, series_uid: str, sop_uid: str, sha256_hex: str,
+                 partition: str = "default") -> str:
+    return f"{partition_prefix(partition)}originals/{study_uid}/{series_uid}/{sop_uid}/{sha256_hex}.dcm"

@@ -50,6 +50,9 @@ def build_app(
     app.state.settings = settings
     for router in routers:
         app.include_router(router, prefix=settings.http.base_path)
+        # the same routes in every other partition (dicomgw.partitions)
+        app.include_router(router, prefix=f"{settings.http.base_path}/partitions/{{partition}}",
+                           include_in_schema=False)
     app.include_router(admin_router)
     install_problem_handlers(app)
     app.add_middleware(MetricsMiddleware, service=service)

@@ -18,6 +18,17 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def base_url(request: Request) -> str:
+    """Absolute URL of the DICOMweb root of the request's partition as the client reaches it.
+
+    That is the root itself for the default partition and ``{root}/partitions/{name}`` for another,
+    so RetrieveURLs and BulkDataURIs stay in the partition the client asked.
+    """
+    partition = request.path_params.get("partition")
+    root = dicomweb_root(request)
+    return f"{root}/partitions/{partition}" if partition else root
+
+
+def dicomweb_root(request: Request) -> str:
     """Absolute URL of the DICOMweb root as the client reaches it (RetrieveURL, BulkDataURI).
 
     In order: the configured public URL; X-Forwarded-Proto/Host from a proxy; the Host header. A Host
