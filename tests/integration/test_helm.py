@@ -199,21 +199,29 @@ def _httproute_route(route: dict[str, Any], method: str, path: str) -> str:
     return "none"
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [("POST", "/dicom-web/studies"), ("POST", "/dicom-web/studies/1.2.3"),
-     ("GET", "/dicom-web/studies"), ("GET", "/dicom-web/series"), ("GET", "/dicom-web/instances"),
-     ("GET", "/dicom-web/studies/1.2.3/series"), ("GET", "/dicom-web/studies/1.2.3/instances"),
-     ("GET", "/dicom-web/studies/1.2.3/series/4.5/instances"), ("GET", "/dicom-web/studies/1.2.3"),
-     ("GET", "/dicom-web/studies/1.2.3/metadata"), ("GET", "/dicom-web/studies/1.2.3/series/4.5"),
-     ("GET", "/dicom-web/studies/1.2.3/series/4.5/instances/6.7/frames/1"),
-     ("GET", "/dicom-web/studies/1.2.3/series/4.5/instances/6.7/rendered"),
-     ("GET", "/dicom-web/studies/1.2.3/thumbnail"), ("GET", "/admin/status"),
-     ("OPTIONS", "/dicom-web/studies")],
-)
-def test_httproute_routes_like_the_local_nginx(method: str, path: str) -> None:
+ROUTES = [
+    ("POST", "/dicom-web/studies", "ingest"), ("POST", "/dicom-web/studies/1.2.3", "ingest"),
+    ("GET", "/dicom-web/studies", "query"), ("GET", "/dicom-web/series", "query"),
+    ("GET", "/dicom-web/instances", "query"), ("GET", "/dicom-web/studies/1.2.3/series", "query"),
+    ("GET", "/dicom-web/studies/1.2.3/instances", "query"),
+    ("GET", "/dicom-web/studies/1.2.3/series/4.5/instances", "query"),
+    ("GET", "/dicom-web/studies/1.2.3", "retrieve"), ("GET", "/dicom-web/studies/1.2.3/metadata", "retrieve"),
+    ("GET", "/dicom-web/studies/1.2.3/series/4.5", "retrieve"),
+    ("GET", "/dicom-web/studies/1.2.3/series/4.5/instances/6.7/frames/1", "retrieve"),
+    ("GET", "/dicom-web/studies/1.2.3/series/4.5/instances/6.7/rendered", "retrieve"),
+    ("GET", "/dicom-web/studies/1.2.3/thumbnail", "retrieve"), ("GET", "/admin/status", "query"),
+    ("OPTIONS", "/dicom-web/studies", "query"),
+]
+# every DICOMweb route again in a named partition
+ROUTES += [(m, p.replace("/dicom-web/", "/dicom-web/partitions/hospital-a/"), s)
+           for m, p, s in ROUTES if p.startswith("/dicom-web/")]
+
+
+@pytest.mark.parametrize(("method", "path", "service"), ROUTES)
+def test_httproute_routes_like_the_local_nginx(method: str, path: str, service: str) -> None:
     [route] = [d for d in render(*WITH_CRDS) if d["kind"] == "HTTPRoute"]
-    assert _httproute_route(route, method, path) == _nginx_route(method, path)
+    assert _nginx_route(method, path) == service
+    assert _httproute_route(route, method, path) == service
 
 
 def test_alert_rules_and_dashboard_are_the_checked_files() -> None:

@@ -14,9 +14,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from dicomgw.auth import ADMIN
+from dicomgw.errors import BadRequest
 from dicomgw.metrics import set_integrity
+from dicomgw.partitions import check_name
 from dicomgw.status import integrity_status
-from dicomgw.web.deps import RuntimeDep
+from dicomgw.web.deps import RuntimeDep, dicomweb_root
 from dicomgw.web.security import authorize, requires
 
 router = APIRouter(include_in_schema=False)
@@ -61,3 +63,36 @@ async def metrics(runtime: RuntimeDep, request: Request) -> Response:
 async def status(runtime: RuntimeDep) -> dict[str, Any]:
     """Counts of verified, pending, damaged and replicated originals, and the oldest unverified age."""
     return await integrity_status(runtime.index, replica_enabled=runtime.replica is not None)
+
+
+@router.get("/admin/partitions", dependencies=[requires(ADMIN)])
+async def list_partitions(runtime: RuntimeDep) -> dict[str, Any]:
+    """Every partition: name, kind (archive or collection), read-only, description, created."""
+    return {"partitions": [p.as_json() for p in await runtime.partitions.list()]}
+
+
+@router.post("/admin/partitions", dependencies=[requires(ADMIN)], status_code=201)
+async def create_partition(request: Request, runtime: RuntimeDep) -> JSONResponse:
+    """Create an archive partition: ``{"name": "hospital-a", "description": "..."}``.
+
+    409 when the name is taken, 400 when it is not a valid name (lower-case letters, digits and
+    inner hyphens, at most 63). Collections make their own (read-only) partitions.
+    """
+    body = await json_body(request)
+    name, description = body.get("name"), body.get("description", "")
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise BadRequest('send {"name": "...", "description": "..."}')
+    info = await runtime.partitions.create(check_name(name), description=description)
+    return JSONResponse(info.as_json(), status_code=201,
+                        headers={"Location": f"{dicomweb_root(request)}/partitions/{info.name}"})
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, or a 400 problem."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body is not a JSON object")
+    return body

@@ -1,0 +1,51 @@
+"""``dicomgw partitions create|list``: separate archives behind one gateway (one per hospital).
+
+A partition's DICOMweb root is ``{root}/partitions/{name}``: give it to a PACS's forwarding rule, OHIF
+or dicomweb-client as it is. Credentials see a partition through a scope for it (``dicomgw keys create
+hospital-a-pacs --scope dicom.write:hospital-a``) or through the global ``dicom.read``/``dicom.write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dicomgw_gateway.adminclient import Gateway, add_connection_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("partitions", help="create and list partitions (one archive per hospital)",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create an archive partition")
+    create.add_argument("name", help="lower-case letters, digits and inner hyphens (at most 63)")
+    create.add_argument("--description", default="")
+    add_connection_args(create)
+    create.set_defaults(func=_create)
+    listing = actions.add_parser("list", help="list every partition")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    add_connection_args(listing)
+    listing.set_defaults(func=_list)
+
+
+def _create(args: argparse.Namespace) -> int:
+    with Gateway(args.url, args.token) as gateway:
+        info = gateway.admin("POST", "partitions",
+                             json={"name": args.name, "description": args.description})
+        print(f"created partition {info['name']}; its DICOMweb root is "
+              f"{gateway.root}/partitions/{info['name']}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    with Gateway(args.url, args.token) as gateway:
+        partitions = gateway.admin("GET", "partitions")["partitions"]
+        if args.json:
+            print(json.dumps(partitions, indent=2))
+            return 0
+        print(f"{'NAME':<24}{'KIND':<12}{'ACCESS':<11}{'CREATED':<22}DESCRIPTION")
+        for p in partitions:
+            access = "read-only" if p["readOnly"] else "read-write"
+            created = (p["created"] or "")[:19].replace("T", " ")
+            print(f"{p['name']:<24}{p['kind']:<12}{access:<11}{created:<22}{p['description']}")
+    return 0
