@@ -111,6 +111,27 @@ def test_different_content_under_a_stored_uid_is_refused_and_original_kept(gatew
     assert stored_originals(gateway)[str(ds.SOPInstanceUID)] == original
 
 
+def test_one_uid_twice_in_one_request_keeps_the_first_and_its_object(gateway: Gateway) -> None:
+    """Two parts with one SOP Instance UID and other content in the same request (real-world files
+    do this): the first is stored and stays readable, the second is refused with 0x0111.
+
+    A regression test: outcomes were once matched to parts by UID, so the second part's conflict was
+    applied to the first as well, and the indexed original's object was deleted under its row.
+    """
+    ds = make_dataset(seed=2)
+    first = to_bytes(ds)
+    ds.PatientName = "Other^Content"
+    second = to_bytes(ds)
+    resp = stow(gateway, [first, second])
+    assert resp.status_code == 202
+    assert reasons(resp) == [0x0111] and referenced(resp) == [str(ds.SOPInstanceUID)]
+    assert stored_originals(gateway)[str(ds.SOPInstanceUID)] == first
+    got = httpx.get(f"{gateway.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                    f"/instances/{ds.SOPInstanceUID}",
+                    headers={"accept": "application/dicom; transfer-syntax=*"}, timeout=30)
+    assert got.status_code == 200 and got.content == first
+
+
 def test_study_scoped_post_refuses_other_studies_with_a900(gateway: Gateway) -> None:
     study = uid()
     mine = make_instance(study_uid=study)

@@ -134,12 +134,13 @@ async def store_parts(
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
 
-    to_index = [r.stored for r in results if r.stored is not None]
-    outcomes = {o.sop_instance_uid: o for o in await runtime.index.commit(to_index, partition)}
-    for r in results:
-        if r.stored is None:
-            continue
-        outcome = outcomes[r.stored.parsed.sop_instance_uid]
+    stored = [r for r in results if r.stored is not None]
+    # one outcome per object, in order: two parts of one request may carry the same SOP Instance UID,
+    # and each must be told its own fate (keyed by UID, the second part's "conflict" was applied to
+    # the first, stored one too, and its object deleted under its index row)
+    outcomes = await runtime.index.commit([r.stored for r in stored if r.stored is not None], partition)
+    for r, outcome in zip(stored, outcomes, strict=True):
+        assert r.stored is not None
         if outcome.status == "conflict" or (
             outcome.status == "present" and outcome.object_key != r.stored.object_key
         ):
