@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dicomgw.config import Settings
-from dicomgw_gateway import audit, keys, pacs, partitions, smoke, upload
+from dicomgw_gateway import audit, keys, pacs, partitions, share, smoke, upload
 from dicomgw_gateway.stack import main as stack_main
 
 
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     pacs.add_parser(sub)
     keys.add_parser(sub)
     partitions.add_parser(sub)
+    share.add_parser(sub)
     audit.add_parser(sub)
     stack = sub.add_parser("stack", help="the local multi-process stack (make up / make down)")
     stack.add_argument("action", choices=["up", "down"])

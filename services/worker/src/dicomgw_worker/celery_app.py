@@ -145,6 +145,12 @@ def repair_task(self: Task, outbox_id: int, key: str) -> str:
     return _run_outbox_task(self, "repair", outbox_id, key)
 
 
+@celery.task(name="dicomgw.collect", bind=True)
+def collect_task(self: Task, outbox_id: int, key: str) -> str:
+    """One bounded step of building a research collection (dicomgw.collections.builder)."""
+    return _run_outbox_task(self, "collect", outbox_id, key)
+
+
 @celery.task(name="dicomgw.import_study", bind=True, acks_late=True)
 def import_study_task(self: Task, orthanc_url: str, study_id: str, gateway_url: str,
                       auth: list[str] | None = None, token: str | None = None) -> dict[str, int]:

@@ -19,7 +19,8 @@ from dicomgw.runtime import Runtime
 
 log = logging.getLogger("dicomgw.relay")
 
-TASK_NAMES = {"verify": "dicomgw.verify", "replicate": "dicomgw.replicate", "repair": "dicomgw.repair"}
+TASK_NAMES = {"verify": "dicomgw.verify", "replicate": "dicomgw.replicate", "repair": "dicomgw.repair",
+              "collect": "dicomgw.collect"}
 
 
 async def relay_once(runtime: Runtime, celery: Celery, *, limit: int = 500) -> int:

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 
+from dicomgw.collections.builder import TASK
+from dicomgw.collections.builder import step as collect_step
 from dicomgw.index.models import Instance, OutboxItem
 from dicomgw.index.repository import parse_work_key, work_key
 from dicomgw.runtime import Runtime
@@ -159,4 +161,4 @@ async def sweep(runtime: Runtime, *, limit: int = 1000) -> dict[str, int]:
     return {"verify": len(due_verify), "replicate": len(due_replicate)}
 
 
-HANDLERS = {"verify": verify, "replicate": replicate, "repair": repair}
+HANDLERS = {"verify": verify, "replicate": replicate, "repair": repair, TASK: collect_step}

@@ -14,6 +14,7 @@ from dicomgw.metrics import MetricsMiddleware
 from dicomgw.runtime import Runtime, open_runtime
 from dicomgw.web.admin import router as admin_router
 from dicomgw.web.audit import audit_middleware
+from dicomgw.web.collections import router as collections_router
 from dicomgw.web.problems import install_problem_handlers
 
 Extra = Callable[[Runtime], AbstractAsyncContextManager[None]]
@@ -54,6 +55,7 @@ def build_app(
         app.include_router(router, prefix=f"{settings.http.base_path}/partitions/{{partition}}",
                            include_in_schema=False)
     app.include_router(admin_router)
+    app.include_router(collections_router)
     install_problem_handlers(app)
     app.add_middleware(MetricsMiddleware, service=service)
     app.add_middleware(

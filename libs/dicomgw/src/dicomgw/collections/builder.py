@@ -1,0 +1,475 @@
+"""Building research collections: a query over a source partition, de-identified into a read-only one.
+
+A collection is defined once (source partition, QIDO-RS study query, de-identification profile, NIfTI
+or not) and built in versions. Each version runs as outbox work, in steps of bounded length keyed
+``{name}/{version}/{step}`` (the embedded loop and the Celery tier alike):
+
+1. *plan*: the query's studies are searched in the source partition; every instance not in an earlier
+   version becomes an item of this version (``collection_items``, pending);
+2. *build* (as many steps as needed): each pending item's original is read, checked against its
+   SHA-256, de-identified (``dicomgw.deid``), and stored into the collection's partition through the
+   same path as STOW-RS (one index transaction per batch; verification and replication follow as
+   for any instance). Burned-in candidates are left out and said why;
+3. *finish*: the manifest (CSV and Parquet) of every instance up to this version, the report, and the
+   NIfTI volumes when asked are written next to the partition's objects; the version is complete.
+
+A crash anywhere leaves the outbox row in place: the step runs again, and what it redoes comes out
+the same (pseudonyms and bytes are deterministic, the index takes an identical instance as present).
+An item belongs to the version that first included it and is never changed once done, so what an
+earlier version contained stays what it was; originals are only read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import json
+import logging
+import secrets
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pydicom
+from sqlalchemy import func, select, update
+
+from dicomgw.collections import manifest
+from dicomgw.deid import Options, burned_in_candidate, deidentify
+from dicomgw.deid.profile import pseudonymous_uid
+from dicomgw.errors import BadRequest, Conflict, NotFound
+from dicomgw.index.models import Collection, CollectionItem, CollectionVersion, Instance, OutboxItem
+from dicomgw.index.qido import parse_query, search
+from dicomgw.ingest import store_parts
+from dicomgw.multipart import SpooledPart
+from dicomgw.partitions import check_name
+from dicomgw.runtime import Runtime
+from dicomgw.storage import partition_prefix
+
+log = logging.getLogger("dicomgw.collections")
+
+TASK = "collect"
+# the profile's names on the command line, and the Options field each one sets
+PROFILE_OPTIONS = {
+    "basic": None,
+    "retain-longitudinal": "longitudinal_modified_dates",
+    "retain-patient-characteristics": "patient_characteristics",
+    "retain-device-identity": "device_identity",
+}
+# a build step stops after this many instances or seconds, whichever comes first, and queues the next
+STEP_INSTANCES = 64
+STEP_SECONDS = 30.0
+
+
+def parse_profile(text: str) -> tuple[str, Options]:
+    """``basic,retain-longitudinal`` as its canonical text and the de-identification Options."""
+    names = [n.strip() for n in (text or "basic").split(",") if n.strip()]
+    unknown = [n for n in names if n not in PROFILE_OPTIONS]
+    if unknown:
+        raise BadRequest(f"unknown profile option {', '.join(unknown)}; offered: "
+                         f"{', '.join(PROFILE_OPTIONS)} (Retain UIDs is not offered: UIDs are always "
+                         "replaced by keyed pseudonyms)")
+    if "basic" not in names:
+        names.insert(0, "basic")
+    chosen = sorted(set(names), key=list(PROFILE_OPTIONS).index)
+    values = {PROFILE_OPTIONS[n]: True for n in chosen if PROFILE_OPTIONS[n]}
+    return ",".join(chosen), Options(**values)  # type: ignore[arg-type]
+
+
+def artifact_key(name: str, version: int, filename: str) -> str:
+    """Where a version's manifest, report and volumes live in the object store."""
+    return f"{partition_prefix(name)}collection/v{version}/{filename}"
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    source: str
+    query: str
+    profile: str
+    nifti: bool
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Definition:
+        name, source = body.get("name"), body.get("source", "default")
+        query, profile, nifti = body.get("query", ""), body.get("profile", "basic"), body.get("nifti", False)
+        if not isinstance(name, str) or not isinstance(source, str) or not isinstance(query, str) \
+                or not isinstance(profile, str) or not isinstance(nifti, bool):
+            raise BadRequest('send {"name": "...", "source": "default", "query": "ModalitiesInStudy=MR", '
+                             '"profile": "basic", "nifti": false}')
+        check_name(name)
+        if name == source:
+            raise BadRequest("a collection cannot be built from its own partition")
+        study_query(query, source)  # refuse a bad query now, not in the worker
+        return cls(name, source, query.lstrip("?"), parse_profile(profile)[0], nifti)
+
+
+def study_query(text: str, source: str, *, limit: int = 1000, offset: int = 0) -> Any:
+    params = [(k, v) for k, v in parse_qsl(text.lstrip("?"), keep_blank_values=True)
+              if k not in ("limit", "offset", "includefield")]
+    query = parse_query("study", params, default_limit=limit, max_limit=limit, partition=source)
+    query.offset = offset
+    return query
+
+
+# ---- definition, versions and status (the admin API) --------------------------------------------
+async def define(runtime: Runtime, definition: Definition) -> dict[str, Any]:
+    """Create the collection (and its read-only partition) or start its next version.
+
+    The same definition again makes a new version that adds what is new; another definition under
+    the same name is a 409. While a version is being built, asking again returns that version.
+    """
+    if await runtime.partitions.get(definition.source) is None:
+        raise NotFound(f"no partition named {definition.source}")
+    async with runtime.index.sessions() as session:
+        existing = await session.get(Collection, definition.name)
+    if existing is None:
+        if await runtime.partitions.get(definition.name) is not None:
+            raise Conflict(f"a partition named {definition.name} exists already")
+        await runtime.partitions.create(
+            definition.name, kind="collection", read_only=True,
+            description=f"collection of {definition.source}: {definition.query or 'every study'} "
+                        f"({definition.profile})")
+        async with runtime.index.sessions.begin() as session:
+            session.add(Collection(name=definition.name, source=definition.source,
+                                   query=definition.query, profile=definition.profile,
+                                   nifti=definition.nifti, secret=secrets.token_bytes(32)))
+    elif (existing.source, existing.query, existing.profile, bool(existing.nifti)) != (
+            definition.source, definition.query, definition.profile, definition.nifti):
+        raise Conflict(f"the collection {definition.name} exists with another definition (source "
+                       f"{existing.source}, query {existing.query!r}, profile {existing.profile}, "
+                       f"nifti {bool(existing.nifti)}); a collection's definition never changes")
+    insert = runtime.index._insert
+    async with runtime.index.sessions.begin() as session:
+        versions = (await session.execute(
+            select(CollectionVersion).where(CollectionVersion.collection == definition.name)
+            .order_by(CollectionVersion.version.desc()).with_for_update()
+        )).scalars().all()
+        building = [v for v in versions if v.state not in ("complete", "failed")]
+        if building:
+            version = building[0].version
+        else:
+            version = (versions[0].version + 1) if versions else 1
+            session.add(CollectionVersion(collection=definition.name, version=version,
+                                          state="planning", detail="", instances=0, excluded=0))
+            await session.execute(insert(OutboxItem).values(task=TASK, key=f"{definition.name}/{version}/0")
+                                  .on_conflict_do_nothing())
+    return await describe(runtime, definition.name, version=version)
+
+
+async def describe(runtime: Runtime, name: str, *, version: int | None = None) -> dict[str, Any]:
+    """The definition and every version (or one) with its progress."""
+    async with runtime.index.sessions() as session:
+        collection = await session.get(Collection, name)
+        if collection is None:
+            raise NotFound(f"no collection named {name}")
+        versions = (await session.execute(
+            select(CollectionVersion).where(CollectionVersion.collection == name)
+            .order_by(CollectionVersion.version))).scalars().all()
+        counts = (await session.execute(
+            select(CollectionItem.version, CollectionItem.state, func.count())
+            .where(CollectionItem.collection == name)
+            .group_by(CollectionItem.version, CollectionItem.state))).all()
+    by_version: dict[int, dict[str, int]] = defaultdict(lambda: {"pending": 0, "done": 0, "excluded": 0})
+    for number, state, n in counts:
+        by_version[number][state] = n
+    out_versions = []
+    for v in versions:
+        if version is not None and v.version != version:
+            continue
+        c = by_version[v.version]
+        out_versions.append({
+            "version": v.version, "state": v.state, "detail": v.detail,
+            "pending": c["pending"], "instances": c["done"], "excluded": c["excluded"],
+            "started": v.started_at.isoformat() if v.started_at else None,
+            "finished": v.finished_at.isoformat() if v.finished_at else None,
+        })
+    return {"name": collection.name, "source": collection.source, "query": collection.query,
+            "profile": collection.profile, "nifti": bool(collection.nifti),
+            "created": collection.created_at.isoformat() if collection.created_at else None,
+            "versions": out_versions}
+
+
+async def list_collections(runtime: Runtime) -> list[dict[str, Any]]:
+    async with runtime.index.sessions() as session:
+        names = (await session.execute(select(Collection.name).order_by(Collection.name))).scalars().all()
+    return [await describe(runtime, n) for n in names]
+
+
+async def lineage(runtime: Runtime, name: str) -> list[dict[str, Any]]:
+    """Which original each item came from (admin only: the SHA-256 and UIDs of the originals)."""
+    async with runtime.index.sessions() as session:
+        if await session.get(Collection, name) is None:
+            raise NotFound(f"no collection named {name}")
+        items = (await session.execute(
+            select(CollectionItem).where(CollectionItem.collection == name)
+            .order_by(CollectionItem.version, CollectionItem.source_sop_instance_uid))).scalars().all()
+    return [{"version": i.version, "state": i.state, "reason": i.reason,
+             "sourceStudyInstanceUID": i.source_study_instance_uid,
+             "sourceSeriesInstanceUID": i.source_series_instance_uid,
+             "sourceSOPInstanceUID": i.source_sop_instance_uid,
+             "originalSHA256": bytes(i.original_sha256).hex(),
+             "SOPInstanceUID": i.sop_instance_uid, "sha256": bytes(i.sha256).hex() if i.sha256 else None}
+            for i in items]
+
+
+# ---- the worker's steps ------------------------------------------------------------------------------
+async def step(runtime: Runtime, key: str) -> str:
+    """One step of a version's build (the ``collect`` outbox task); idempotent."""
+    name, version_text, step_text = key.split("/")
+    version, number = int(version_text), int(step_text)
+    async with runtime.index.sessions() as session:
+        collection = await session.get(Collection, name)
+        row = await session.get(CollectionVersion, (name, version))
+    if collection is None or row is None:
+        return "gone"
+    if row.state in ("complete", "failed"):
+        return row.state
+    try:
+        if row.state == "planning":
+            await _plan(runtime, collection, version)
+            outcome = "planned"
+        elif await _build(runtime, collection, version):
+            outcome = "progress"
+        else:
+            await _finish(runtime, collection, version)
+            return "complete"
+    except Exception as exc:
+        await _set_version(runtime, name, version, detail=f"retrying after {type(exc).__name__}: {exc}"[:500])
+        raise
+    async with runtime.index.sessions.begin() as session:
+        await session.execute(runtime.index._insert(OutboxItem)
+                              .values(task=TASK, key=f"{name}/{version}/{number + 1}")
+                              .on_conflict_do_nothing())
+    return outcome
+
+
+async def _set_version(runtime: Runtime, name: str, version: int, **values: Any) -> None:
+    async with runtime.index.sessions.begin() as session:
+        await session.execute(update(CollectionVersion).where(
+            CollectionVersion.collection == name, CollectionVersion.version == version).values(**values))
+
+
+async def _plan(runtime: Runtime, collection: Collection, version: int) -> None:
+    """Every instance of the query's studies not in an earlier version becomes a pending item."""
+    studies: list[str] = []
+    offset = 0
+    while True:
+        query = study_query(collection.query, collection.source, limit=1000, offset=offset)
+        async with runtime.index.sessions() as session:
+            page = await search(session, query,
+                                case_insensitive=runtime.settings.index.case_insensitive_names)
+        studies += [obj["0020000D"]["Value"][0] for obj in page]
+        if len(page) < 1000:
+            break
+        offset += 1000
+    insert = runtime.index._insert
+    for start in range(0, len(studies), 200):
+        batch = studies[start:start + 200]
+        async with runtime.index.sessions.begin() as session:
+            rows = (await session.execute(
+                select(Instance.study_instance_uid, Instance.series_instance_uid,
+                       Instance.sop_instance_uid, Instance.sha256)
+                .where(Instance.partition_name == collection.source,
+                       Instance.study_instance_uid.in_(batch)))).all()
+            for study, series, sop, sha in rows:
+                await session.execute(insert(CollectionItem).values(
+                    collection=collection.name, source_sop_instance_uid=sop, version=version,
+                    source_study_instance_uid=study, source_series_instance_uid=series,
+                    original_sha256=bytes(sha), state="pending", reason="", row_json="",
+                ).on_conflict_do_nothing())
+    await _set_version(runtime, collection.name, version, state="building",
+                       detail=f"{len(studies)} studies matched")
+
+
+@dataclass
+class _Prepared:
+    item: CollectionItem
+    part: SpooledPart | None = None
+    row: manifest.ManifestRow | None = None
+    excluded: str = ""
+
+
+def _deidentify_file(data: bytes, secret: bytes, options: Options, spool: Path,
+                     index: int) -> tuple[SpooledPart | None, manifest.ManifestRow | None, str]:
+    """The de-identified file of one original (spooled), its manifest row, or why it is left out."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception as exc:
+        return None, None, f"the original could not be read: {type(exc).__name__}"
+    if burned_in_candidate(ds):
+        said = str(ds.get("BurnedInAnnotation", "")).strip()
+        why = f"BurnedInAnnotation {said}" if said else \
+            f"{ds.get('Modality', '') or ds.get('SOPClassUID', '')} without BurnedInAnnotation"
+        return None, None, f"burned-in text possible ({why})"
+    out = deidentify(ds, secret, options)
+    buffer = io.BytesIO()
+    out.save_as(buffer, enforce_file_format=True)
+    blob = buffer.getvalue()
+    path = Path(tempfile.mkstemp(dir=spool, suffix=".deid")[1])
+    path.write_bytes(blob)
+    relative = f"{out.StudyInstanceUID}/{out.SeriesInstanceUID}/{out.SOPInstanceUID}.dcm"
+    part = SpooledPart(index=index, path=path, size=len(blob), sha256=hashlib.sha256(blob).digest(),
+                       headers={"content-type": "application/dicom"})
+    return part, manifest.row_for(out, blob, relative), ""
+
+
+async def _build(runtime: Runtime, collection: Collection, version: int) -> bool:
+    """De-identify and store a batch of pending items; False when none was pending."""
+    _, options = parse_profile(collection.profile)
+    async with runtime.index.sessions() as session:
+        items = (await session.execute(
+            select(CollectionItem).where(CollectionItem.collection == collection.name,
+                                         CollectionItem.version == version,
+                                         CollectionItem.state == "pending")
+            .order_by(CollectionItem.source_sop_instance_uid).limit(STEP_INSTANCES))).scalars().all()
+        if not items:
+            return False
+        sources = {r.sop_instance_uid: r for r in (await session.execute(
+            select(Instance.sop_instance_uid, Instance.object_key, Instance.sha256)
+            .where(Instance.partition_name == collection.source,
+                   Instance.sop_instance_uid.in_([i.source_sop_instance_uid for i in items])))).all()}
+    deadline = time.monotonic() + STEP_SECONDS
+    spool = runtime.settings.spool_path
+    prepared: list[_Prepared] = []
+    for index, item in enumerate(items):
+        if prepared and time.monotonic() > deadline:
+            break
+        entry = _Prepared(item)
+        prepared.append(entry)
+        source = sources.get(item.source_sop_instance_uid)
+        if source is None:
+            entry.excluded = "the original is no longer indexed"
+            continue
+        data = await runtime.store.read(source.object_key)
+        if hashlib.sha256(data).digest() != bytes(item.original_sha256):
+            # never publish from a damaged copy: verification repairs it, and this step runs again
+            raise RuntimeError(f"the original of an item does not match its SHA-256 ({source.object_key})")
+        entry.part, entry.row, entry.excluded = await asyncio.to_thread(
+            _deidentify_file, data, bytes(collection.secret), options, spool, index)
+
+    async def parts() -> AsyncIterator[SpooledPart]:
+        for entry in prepared:
+            if entry.part is not None:
+                yield entry.part
+
+    outcome = await store_parts(runtime, parts(), None, collection.name)
+    results = {r.index: r for r in outcome.results}
+    async with runtime.index.sessions.begin() as session:
+        for entry in prepared:
+            values: dict[str, Any]
+            result = results.get(entry.part.index) if entry.part is not None else None
+            if entry.part is None or result is None:
+                values = {"state": "excluded", "reason": entry.excluded[:256]}
+            elif result.error is not None:
+                values = {"state": "excluded",
+                          "reason": f"the de-identified object was refused: {result.error.detail}"[:256]}
+            else:
+                assert entry.row is not None
+                values = {"state": "done", "reason": "",
+                          "study_instance_uid": entry.row.study_instance_uid,
+                          "series_instance_uid": entry.row.series_instance_uid,
+                          "sop_instance_uid": entry.row.sop_instance_uid,
+                          "sha256": bytes.fromhex(entry.row.sha256),
+                          "row_json": json.dumps(asdict(entry.row), separators=(",", ":"))}
+            await session.execute(update(CollectionItem).where(
+                CollectionItem.collection == collection.name,
+                CollectionItem.source_sop_instance_uid == entry.item.source_sop_instance_uid,
+                CollectionItem.state == "pending").values(**values))
+    done = sum(1 for e in prepared if e.part is not None)
+    log.info("collection step", extra={"collection": collection.name, "version": version,
+                                       "instances": done, "excluded": len(prepared) - done})
+    return True
+
+
+async def _finish(runtime: Runtime, collection: Collection, version: int) -> None:
+    """Manifest, report and volumes of the version (every item up to it); then it is complete."""
+    async with runtime.index.sessions() as session:
+        items = (await session.execute(
+            select(CollectionItem).where(CollectionItem.collection == collection.name,
+                                         CollectionItem.version <= version))).scalars().all()
+    rows = [manifest.ManifestRow(**json.loads(i.row_json)) for i in items if i.state == "done"]
+    excluded = [i for i in items if i.state == "excluded"]
+    secret = bytes(collection.secret)
+    files: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(dir=runtime.settings.spool_path) as tmp:
+        csv_path, parquet_path = await asyncio.to_thread(manifest.write, rows, Path(tmp) / "manifest")
+        files["manifest.csv"] = csv_path.read_bytes()
+        files["manifest.parquet"] = parquet_path.read_bytes()
+        if collection.nifti:
+            volumes = await _volumes(runtime, collection.name, rows, Path(tmp))
+            files.update(volumes)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["sop_instance_uid", "version", "reason"])
+    for i in sorted(excluded, key=lambda i: (i.version, i.source_sop_instance_uid)):
+        # the pseudonym the instance would have had: nothing of the original is published
+        writer.writerow([pseudonymous_uid(secret, i.source_sop_instance_uid), i.version, i.reason])
+    files["exclusions.csv"] = out.getvalue().encode()
+    reasons = Counter(i.reason.split(" (")[0] for i in excluded)
+    report = {"collection": collection.name, "version": version, "source": collection.source,
+              "query": collection.query, "profile": collection.profile,
+              "instances": len(rows), "excluded": len(excluded), "excludedBy": dict(reasons),
+              "studies": len({r.study_instance_uid for r in rows}),
+              "series": len({r.series_instance_uid for r in rows}),
+              "files": sorted(files), "completed": datetime.now(UTC).isoformat()}
+    files["report.json"] = json.dumps(report, indent=2).encode()
+    for filename, data in files.items():
+        await runtime.store.put_bytes(artifact_key(collection.name, version, filename), data)
+    new = [i for i in items if i.version == version]
+    await _set_version(runtime, collection.name, version, state="complete", finished_at=datetime.now(UTC),
+                       instances=sum(i.state == "done" for i in new),
+                       excluded=sum(i.state == "excluded" for i in new), detail="")
+
+
+async def _volumes(runtime: Runtime, name: str, rows: list[manifest.ManifestRow],
+                   tmp: Path) -> dict[str, bytes]:
+    """A NIfTI volume and JSON sidecar per series (dcm2niix), and ``volumes.csv`` listing them."""
+    from dicomgw.collections.nifti import ConversionFailed, series_to_nifti
+
+    by_series: dict[str, list[manifest.ManifestRow]] = defaultdict(list)
+    for r in rows:
+        by_series[r.series_instance_uid].append(r)
+    files: dict[str, bytes] = {}
+    listing = io.StringIO()
+    writer = csv.writer(listing)
+    writer.writerow(["series_instance_uid", "path", "sidecar", "shape", "spacing", "error"])
+    for series, members in sorted(by_series.items()):
+        folder = tmp / "series" / series
+        folder.mkdir(parents=True, exist_ok=True)
+        records = await runtime.index.instances(members[0].study_instance_uid, series, partition=name)
+        for record in records:
+            (folder / f"{record.sop_instance_uid}.dcm").write_bytes(
+                await runtime.store.read(record.object_key))
+        try:
+            volume = await asyncio.to_thread(series_to_nifti, folder, tmp / "nifti", series)
+        except ConversionFailed as exc:
+            writer.writerow([series, "", "", "", "", str(exc)[:200]])
+            continue
+        path, sidecar = f"nifti/{series}.nii.gz", f"nifti/{series}.json"
+        files[path] = volume.path.read_bytes()
+        files[sidecar] = volume.sidecar.read_bytes() if volume.sidecar.exists() else b"{}"
+        writer.writerow([series, path, sidecar, "x".join(map(str, volume.shape)),
+                         "x".join(map(str, volume.spacing)), ""])
+    files["volumes.csv"] = listing.getvalue().encode()
+    return files
+
+
+async def published_versions(runtime: Runtime, name: str) -> list[dict[str, Any]]:
+    """The versions a reader of the collection's partition sees (complete ones, with their files)."""
+    described = await describe(runtime, name)
+    out = []
+    for v in described["versions"]:
+        if v["state"] != "complete":
+            continue
+        report = json.loads(await runtime.store.read(artifact_key(name, v["version"], "report.json")))
+        out.append({"version": v["version"], "finished": v["finished"], "instances": report["instances"],
+                    "excluded": report["excluded"], "files": report["files"] + ["report.json"]})
+    return out

@@ -1,0 +1,96 @@
+"""Research collections over HTTP: the admin API that defines and builds them, and their files.
+
+Admin (dicom.admin): ``POST /admin/collections`` defines a collection or starts its next version,
+``GET /admin/collections[/{name}]`` reports progress, ``GET /admin/collections/{name}/lineage`` says which
+original each instance came from. Readers of the collection's partition (``dicom.read`` or
+``dicom.read:{name}``) list its complete versions at ``GET /collections/{name}/versions`` and fetch
+``/collections/{name}/versions/{n|latest}/{manifest.csv, manifest.parquet, report.json,
+exclusions.csv, volumes.csv, nifti/...}``; the instances themselves are DICOMweb at
+``{root}/partitions/{name}``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from dicomgw.auth import ADMIN, READ
+from dicomgw.collections import builder
+from dicomgw.errors import NotFound
+from dicomgw.storage import ObjectNotFound
+from dicomgw.web.admin import json_body
+from dicomgw.web.deps import RuntimeDep
+from dicomgw.web.security import partition_of, requires
+
+router = APIRouter(include_in_schema=False)
+
+_FILE = re.compile(r"^(manifest\.csv|manifest\.parquet|report\.json|exclusions\.csv|volumes\.csv|"
+                   r"nifti/[0-9.]+\.(nii\.gz|json))$")
+MEDIA = {".csv": "text/csv; charset=utf-8", ".parquet": "application/vnd.apache.parquet",
+         ".json": "application/json", ".gz": "application/gzip"}
+
+
+@router.post("/admin/collections", dependencies=[requires(ADMIN)])
+async def define_collection(request: Request, runtime: RuntimeDep) -> JSONResponse:
+    """Define a collection or start its next version (202: it is built in the background)."""
+    definition = builder.Definition.from_json(await json_body(request))
+    described = await builder.define(runtime, definition)
+    return JSONResponse(described, status_code=202,
+                        headers={"Location": f"/admin/collections/{definition.name}"})
+
+
+@router.get("/admin/collections", dependencies=[requires(ADMIN)])
+async def list_collections(runtime: RuntimeDep) -> dict[str, Any]:
+    return {"collections": await builder.list_collections(runtime)}
+
+
+@router.get("/admin/collections/{name}", dependencies=[requires(ADMIN)])
+async def describe_collection(name: str, runtime: RuntimeDep) -> dict[str, Any]:
+    return await builder.describe(runtime, name)
+
+
+@router.get("/admin/collections/{name}/lineage", dependencies=[requires(ADMIN)])
+async def collection_lineage(name: str, runtime: RuntimeDep) -> dict[str, Any]:
+    """Each instance's original (UIDs and SHA-256): never part of what a collection shares."""
+    return {"collection": name, "items": await builder.lineage(runtime, name)}
+
+
+async def _collection(request: Request, runtime: RuntimeDep) -> str:
+    partition = partition_of(request)
+    if partition.kind != "collection":
+        raise NotFound(f"{partition.name} is a partition, not a collection")
+    return partition.name
+
+
+@router.get("/collections/{partition}/versions", dependencies=[requires(READ)])
+async def collection_versions(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+    name = await _collection(request, runtime)
+    return {"collection": name, "dicomweb": f"partitions/{name}",
+            "versions": await builder.published_versions(runtime, name)}
+
+
+@router.get("/collections/{partition}/versions/{version}/{filename:path}", dependencies=[requires(READ)])
+async def collection_file(version: str, filename: str, request: Request,
+                          runtime: RuntimeDep) -> StreamingResponse:
+    name = await _collection(request, runtime)
+    published = await builder.published_versions(runtime, name)
+    if version == "latest" and published:
+        number = published[-1]["version"]
+    elif version.isdigit() and any(v["version"] == int(version) for v in published):
+        number = int(version)
+    else:
+        raise NotFound(f"the collection {name} has no complete version {version}")
+    if not _FILE.match(filename):
+        raise NotFound(f"a collection version has no file {filename}")
+    key = builder.artifact_key(name, number, filename)
+    try:
+        info = await runtime.store.head(key)
+    except ObjectNotFound:
+        raise NotFound(f"version {number} of {name} has no {filename}") from None
+    suffix = "." + filename.rsplit(".", 1)[-1]
+    return StreamingResponse(runtime.store.open_stream(key), media_type=MEDIA.get(suffix),
+                             headers={"Content-Length": str(info.size),
+                                      "X-Collection-Version": str(number)})
