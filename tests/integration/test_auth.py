@@ -30,6 +30,7 @@ from fastapi.routing import APIRoute
 
 from dicomgw.config import Settings
 from dicomgw.web.admin import router as admin_router
+from dicomgw.web.collections import router as collections_router
 from dicomgw_ingest.routes import router as ingest_router
 from dicomgw_query.routes import router as query_router
 from dicomgw_retrieve.routes import router as retrieve_router
@@ -90,6 +91,12 @@ def secured(issuer: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     secured.instance = pydicom.dcmread(io.BytesIO(instance)).SOPInstanceUID
     stored = _stow(gateway.url, [instance], {"Authorization": f"Bearer {secured.keys['valid']}"})
     assert stored.status_code == 200, stored.text
+    # a research collection, so that its routes have something to serve
+    admin = {"Authorization": f"Bearer {secured.create_key('matrix-admin', 'dicom.admin')}"}
+    defined = httpx.post(f"{gateway.root}/admin/collections", json={"name": COLLECTION}, headers=admin)
+    assert defined.status_code == 202, defined.text
+    wait_for(lambda: httpx.get(f"{gateway.root}/admin/collections/{COLLECTION}", headers=admin)
+             .json()["versions"][0]["state"] == "complete", 120)
     yield secured
     gateway.stop()
 
@@ -128,7 +135,8 @@ def _credentials(issuer: Issuer, secured: Secured) -> dict[str, tuple[str | None
 
 def _routes() -> list[tuple[str, str]]:
     """Every route of the embedded gateway's routers (the services mount the same routers)."""
-    mounted = [(BASE, ingest_router), (BASE, query_router), (BASE, retrieve_router), ("", admin_router)]
+    mounted = [(BASE, ingest_router), (BASE, query_router), (BASE, retrieve_router), ("", admin_router),
+               ("", collections_router)]
     return sorted((method, prefix + route.path) for prefix, router in mounted for route in router.routes
                   if isinstance(route, APIRoute) for method in route.methods if method != "HEAD")
 
@@ -139,11 +147,14 @@ def _scope_of(method: str, path: str) -> str | None:
         return None
     if path.startswith("/admin/"):
         return ADMIN
+    if path.startswith("/collections/"):
+        return READ
     assert path.startswith("/dicom-web/"), path
     return WRITE if method == "POST" else READ
 
 
 ROUTES = _routes()
+COLLECTION = "matrix-collection"
 
 
 def test_every_route_is_in_the_matrix() -> None:
@@ -157,13 +168,20 @@ def test_every_route_is_in_the_matrix() -> None:
 def test_each_route_answers_each_credential_as_the_scope_rules_say(
         issuer: Issuer, secured: Secured, method: str, path: str) -> None:
     scope = _scope_of(method, path)
-    concrete = path.format(study=secured.study, series=secured.series, instance=secured.instance,
-                           frame_list="1", tag="7FE00010")
+    concrete = path.replace("{filename:path}", "{filename}").format(study=secured.study, series=secured.series, instance=secured.instance,
+                           frame_list="1", tag="7FE00010", partition=COLLECTION, name=COLLECTION,
+                           version="1", filename="manifest.csv")
     refused_instances: list[str] = []
     wrong: list[str] = []
     for name, (authorization, granted) in _credentials(issuer, secured).items():
         headers = {"Authorization": authorization} if authorization else {}
-        if method == "POST":
+        if method == "POST" and path.startswith("/admin/"):
+            # the admin API's POSTs take JSON: a new partition, the collection's next version
+            body_json = {"name": f"matrix-{uid().replace('.', '')[-12:]}"} if path.endswith("partitions") \
+                else {"name": COLLECTION}
+            response = httpx.post(secured.gateway.root + concrete, json=body_json, headers=headers,
+                                  timeout=30)
+        elif method == "POST":
             instance = make_instance(study_uid=secured.study, series_uid=secured.series)
             body, content_type = multipart_related([instance])
             response = httpx.post(secured.gateway.root + concrete, content=body, timeout=30,
@@ -175,7 +193,7 @@ def test_each_route_answers_each_credential_as_the_scope_rules_say(
         elif granted is None:
             expected = {401}
         elif scope in granted:
-            expected = {200}
+            expected = {200, 201, 202} if method == "POST" else {200}
         else:
             expected = {403}
         if response.status_code not in expected:
@@ -186,8 +204,9 @@ def test_each_route_answers_each_credential_as_the_scope_rules_say(
             challenge = response.headers.get("www-authenticate", "")
             assert challenge.startswith("Bearer"), (name, challenge)
             if response.status_code == 403:
-                assert f'scope="{scope}"' in challenge
-            if method == "POST":
+                # in a partition other than the default one, the scope named is dicom.read:NAME
+                assert f'scope="{scope}' in challenge
+            if method == "POST" and not path.startswith("/admin/"):
                 refused_instances.append(pydicom.dcmread(io.BytesIO(instance)).SOPInstanceUID)
     assert not wrong, "\n".join(wrong)
     # nothing a refused request carried was stored

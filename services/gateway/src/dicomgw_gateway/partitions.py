@@ -43,9 +43,10 @@ def _list(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(partitions, indent=2))
             return 0
-        print(f"{'NAME':<24}{'KIND':<12}{'ACCESS':<11}{'CREATED':<22}DESCRIPTION")
+        width = max([len("NAME"), *(len(p["name"]) for p in partitions)]) + 2
+        print(f"{'NAME':<{width}}{'KIND':<12}{'ACCESS':<12}{'CREATED':<21}DESCRIPTION")
         for p in partitions:
             access = "read-only" if p["readOnly"] else "read-write"
             created = (p["created"] or "")[:19].replace("T", " ")
-            print(f"{p['name']:<24}{p['kind']:<12}{access:<11}{created:<22}{p['description']}")
+            print(f"{p['name']:<{width}}{p['kind']:<12}{access:<12}{created:<21}{p['description']}")
     return 0

@@ -43,7 +43,7 @@ from sqlalchemy import func, select, update
 
 from dicomgw.collections import manifest
 from dicomgw.deid import Options, burned_in_candidate, deidentify
-from dicomgw.deid.profile import pseudonymous_uid
+from dicomgw.deid.profile import SECONDARY_CAPTURE_PREFIX, pseudonymous_uid
 from dicomgw.errors import BadRequest, Conflict, NotFound
 from dicomgw.index.models import Collection, CollectionItem, CollectionVersion, Instance, OutboxItem
 from dicomgw.index.qido import parse_query, search
@@ -306,8 +306,9 @@ def _deidentify_file(data: bytes, secret: bytes, options: Options, spool: Path,
         return None, None, f"the original could not be read: {type(exc).__name__}"
     if burned_in_candidate(ds):
         said = str(ds.get("BurnedInAnnotation", "")).strip()
-        why = f"BurnedInAnnotation {said}" if said else \
-            f"{ds.get('Modality', '') or ds.get('SOPClassUID', '')} without BurnedInAnnotation"
+        kind = ("a secondary capture" if str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX)
+                else f"modality {ds.get('Modality', '')}")
+        why = f"BurnedInAnnotation {said}" if said else f"{kind} without BurnedInAnnotation"
         return None, None, f"burned-in text possible ({why})"
     out = deidentify(ds, secret, options)
     buffer = io.BytesIO()
