@@ -168,7 +168,8 @@ def test_every_route_is_in_the_matrix() -> None:
 def test_each_route_answers_each_credential_as_the_scope_rules_say(
         issuer: Issuer, secured: Secured, method: str, path: str) -> None:
     scope = _scope_of(method, path)
-    concrete = path.replace("{filename:path}", "{filename}").format(study=secured.study, series=secured.series, instance=secured.instance,
+    concrete = path.replace("{filename:path}", "{filename}").format(
+        study=secured.study, series=secured.series, instance=secured.instance,
                            frame_list="1", tag="7FE00010", partition=COLLECTION, name=COLLECTION,
                            version="1", filename="manifest.csv")
     refused_instances: list[str] = []
