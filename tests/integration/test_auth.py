@@ -169,9 +169,8 @@ def test_each_route_answers_each_credential_as_the_scope_rules_say(
         issuer: Issuer, secured: Secured, method: str, path: str) -> None:
     scope = _scope_of(method, path)
     concrete = path.replace("{filename:path}", "{filename}").format(
-        study=secured.study, series=secured.series, instance=secured.instance,
-                           frame_list="1", tag="7FE00010", partition=COLLECTION, name=COLLECTION,
-                           version="1", filename="manifest.csv")
+        study=secured.study, series=secured.series, instance=secured.instance, frame_list="1",
+        tag="7FE00010", partition=COLLECTION, name=COLLECTION, version="1", filename="manifest.csv")
     refused_instances: list[str] = []
     wrong: list[str] = []
     for name, (authorization, granted) in _credentials(issuer, secured).items():
