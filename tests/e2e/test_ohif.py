@@ -265,3 +265,37 @@ def test_ohif_lists_and_opens_real_world_files(real_world_gateway: tuple[Gateway
     assert result["viewers"][0]["rendered"], diagnostics(result)
     assert not result["pageErrors"], diagnostics(result)
     assert not [r for r in result["failedRequests"] if gw.url in r], diagnostics(result)
+
+
+def test_ohif_opens_a_de_identified_collection(ohif_gateway: Gateway, studies: dict[str, Study],
+                                              artifacts_dir: Path) -> None:
+    """A research collection of one study, opened in OHIF through the collection's partition root:
+    the study list shows the pseudonym and not the patient, and the de-identified images render."""
+    from dataclasses import replace
+
+    from tests.polling import wait_for
+
+    name = f"ohif-deid-{uid()[-8:]}"
+    defined = httpx.post(f"{ohif_gateway.root}/admin/collections", timeout=30,
+                         json={"name": name, "query": "PatientID=OHIF-Alpha"})
+    assert defined.status_code == 202, defined.text
+    wait_for(lambda: httpx.get(f"{ohif_gateway.root}/admin/collections/{name}").json()["versions"][0]
+             ["state"] == "complete", 120)
+    collection = replace(ohif_gateway, url=f"{ohif_gateway.url}/partitions/{name}")
+    [study] = httpx.get(f"{collection.url}/studies", timeout=30).json()
+    pseudonym = study["00100010"]["Value"][0]["Alphabetic"]
+    assert pseudonym.startswith("P-") and study["0020000D"]["Value"][0] != studies["alpha"].uid
+    with serve_viewer(collection, omit_quotation=True) as viewer:
+        result = run_driver({
+            "viewerUrl": viewer, "gatewayUrl": collection.url, "artifacts": str(artifacts_dir),
+            "tag": "de-identified", "names": [pseudonym], "absent": [studies["alpha"].patient_name],
+            "studies": [{"uid": study["0020000D"]["Value"][0], "label": "de-identified alpha"}],
+        })
+    assert "error" not in result, diagnostics(result)
+    assert result["studyList"][pseudonym], diagnostics(result)
+    assert not result["studyList"]["present"][studies["alpha"].patient_name], diagnostics(result)
+    assert result["viewers"][0]["rendered"], diagnostics(result)
+    assert_disc_rendered(Path(result["viewers"][0]["canvasScreenshot"]))
+    assert_frames_served(result)
+    # (the driver records the requests under the collection's root, relative to it)
+    assert not [r for r in result["failedRequests"] if ohif_gateway.root in r], diagnostics(result)

@@ -75,6 +75,45 @@ def test_orthanc_forwards_new_studies_to_the_gateway(make_gateway, orthanc: Orth
         assert np.array_equal(got[str(original.SOPInstanceUID)].pixel_array, original.pixel_array)
 
 
+def test_orthanc_forwards_into_a_named_partition(make_gateway, orthanc: OrthancServer,  # type: ignore[no-untyped-def]
+                                                tmp_path: Path) -> None:
+    """A hospital's PACS forwards into the hospital's partition: the forwarding rule is given the
+    partition's DICOMweb root, and a key that may write there and nowhere else."""
+    import os
+
+    gw, admin, admin_key = _secured(make_gateway, "dicom.admin,dicom.read")
+    created = subprocess.run([DICOMGW, "partitions", "create", "hospital-a", "--url", gw.url,
+                              "--token", admin_key], capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    env = {**os.environ, "DATA_DIR": str(gw.data_dir),
+           "DICOMGW_INDEX_URL": f"sqlite+aiosqlite:///{gw.data_dir.resolve() / 'index.sqlite3'}"}
+    made = subprocess.run([DICOMGW, "keys", "create", "hospital-a-pacs", "--scopes",
+                           "dicom.write:hospital-a,dicom.read:hospital-a"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    root = f"{gw.url}/partitions/hospital-a"
+    done = subprocess.run([DICOMGW, "pacs", "connect", "--orthanc", orthanc.url, "--gateway", root,
+                           "--token", key], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    parts = make_study(1, 3)
+    for i, data in enumerate(parts):
+        (tmp_path / f"{i}.dcm").write_bytes(data)
+    sent = subprocess.run([shutil.which("storescu") or "storescu", "-aec", orthanc.aet, "127.0.0.1",
+                           str(orthanc.dicom_port), *(str(tmp_path / f"{i}.dcm") for i in range(3))],
+                          capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    study = _study_uid(parts[0])
+    deadline = time.monotonic() + 60
+    found: list[object] = []
+    while time.monotonic() < deadline and len(found) < 3:
+        found = httpx.get(f"{root}/studies/{study}/instances", headers=admin).json()
+        time.sleep(0.5)
+    assert len(found) == 3, orthanc.log.read_text()[-2000:]
+    # in the hospital's partition only
+    assert httpx.get(f"{gw.url}/studies/{study}/instances", headers=admin).json() == []
+
+
 def test_backfill_imports_everything_once(make_gateway, orthanc: OrthancServer) -> None:  # type: ignore[no-untyped-def]
     gw, auth, key = _secured(make_gateway)
     studies = [make_study(1, 3, study_date="20230105"), make_study(2, 2, study_date="20240610")]
