@@ -339,22 +339,36 @@ async def _build(runtime: Runtime, collection: Collection, version: int) -> bool
                    Instance.sop_instance_uid.in_([i.source_sop_instance_uid for i in items])))).all()}
     deadline = time.monotonic() + STEP_SECONDS
     spool = runtime.settings.spool_path
-    prepared: list[_Prepared] = []
-    for index, item in enumerate(items):
-        if prepared and time.monotonic() > deadline:
-            break
-        entry = _Prepared(item)
-        prepared.append(entry)
-        source = sources.get(item.source_sop_instance_uid)
-        if source is None:
-            entry.excluded = "the original is no longer indexed"
-            continue
-        data = await runtime.store.read(source.object_key)
-        if hashlib.sha256(data).digest() != bytes(item.original_sha256):
-            # never publish from a damaged copy: verification repairs it, and this step runs again
-            raise RuntimeError(f"the original of an item does not match its SHA-256 ({source.object_key})")
-        entry.part, entry.row, entry.excluded = await asyncio.to_thread(
-            _deidentify_file, data, bytes(collection.secret), options, spool, index)
+    secret = bytes(collection.secret)
+    # originals are read and de-identified a few at a time (reads overlap; pydicom holds the GIL)
+    limit = asyncio.Semaphore(max(2, min(8, runtime.settings.storage.max_concurrency)))
+
+    async def prepare(index: int, item: CollectionItem) -> _Prepared | None:
+        async with limit:
+            if index and time.monotonic() > deadline:
+                return None  # left pending for the next step
+            entry = _Prepared(item)
+            source = sources.get(item.source_sop_instance_uid)
+            if source is None:
+                entry.excluded = "the original is no longer indexed"
+                return entry
+            data = await runtime.store.read(source.object_key)
+            if hashlib.sha256(data).digest() != bytes(item.original_sha256):
+                # never publish from a damaged copy: verification repairs it, and the step runs again
+                raise RuntimeError(f"an original does not match its SHA-256 ({source.object_key})")
+            entry.part, entry.row, entry.excluded = await asyncio.to_thread(
+                _deidentify_file, data, secret, options, spool, index)
+            return entry
+
+    outcomes = await asyncio.gather(*(prepare(i, item) for i, item in enumerate(items)),
+                                    return_exceptions=True)
+    prepared = [o for o in outcomes if isinstance(o, _Prepared)]
+    failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+    if failure is not None:
+        for entry in prepared:
+            if entry.part is not None:
+                entry.part.discard()
+        raise failure
 
     async def parts() -> AsyncIterator[SpooledPart]:
         for entry in prepared:
