@@ -138,16 +138,41 @@ def test_the_same_instance_lives_in_two_partitions_and_each_serves_only_its_own(
         assert keys == [f"partitions/{a}", f"partitions/{b}"]
 
 
-def test_every_copy_in_a_partition_is_verified(target: Target, hospitals: tuple[str, str]) -> None:
+def _states(index_url: str, partition: str) -> list[tuple[str, str]]:
+    """(verify_status, replica_status) of every instance of the partition, from the index itself."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from dicomgw.index.db import create_engine
+
+    async def go() -> list[tuple[str, str]]:
+        engine = create_engine(index_url)
+        try:
+            async with engine.connect() as conn:
+                rows = await conn.execute(text("SELECT verify_status, replica_status FROM instances "
+                                               "WHERE partition_name = :p"), {"p": partition})
+                return [(r[0], r[1]) for r in rows]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def test_every_copy_in_a_partition_is_verified_and_replicated(
+        target: Target, hospitals: tuple[str, str]) -> None:
+    """Verification (and, on the stack, replication to the second MinIO) works per partition."""
     a, _ = hospitals
     ds = make_dataset(patient_id="VERIFY-PID")
     assert _stow(f"{target.url}/partitions/{a}", [to_bytes(ds)], target.admin).status_code == 200
+    replicated = target.name == "stack"
 
-    def verified() -> bool:
-        status = httpx.get(f"{target.origin}/admin/status", headers=target.admin).json()
-        return bool(status["pending"] == 0 and status["missing"] == 0 and status["lost"] == 0)
+    def done() -> bool:
+        states = _states(target.cli_env["DICOMGW_INDEX_URL"], a)
+        return bool(states) and all(v == "verified" and (r == "replicated" or not replicated)
+                                    for v, r in states)
 
-    wait_for(verified, 60)
+    wait_for(done, 90)
 
 
 def test_a_credential_for_one_partition_finds_nothing_anywhere_else(
