@@ -83,3 +83,49 @@ def test_burned_in_candidates_are_recognised() -> None:
     said_yes = Dataset()
     said_yes.Modality, said_yes.BurnedInAnnotation = "CT", "YES"
     assert burned_in_candidate(said_yes)
+
+
+def test_clean_descriptors_keep_descriptions_that_name_nobody() -> None:
+    """Clean Descriptors (PS3.15 E.3.5, code 113105): study and series descriptions and the protocol
+    name are kept where they hold nothing of the original's identity, removed (not redacted) where
+    they might."""
+    from dicomgw.deid.profile import clean_descriptor
+
+    path = next(p for p in _files() if p.name == "CT_small.dcm")
+    original = pydicom.dcmread(path)
+    original.PatientName, original.PatientID = "Smith^Joan", "MRN0042"
+    original.InstitutionName = "St Elsewhere Hospital"
+    original.StudyDescription = "CT HEAD W/O CONTRAST"
+    original.SeriesDescription = "Smith head axial"
+    original.ProtocolName = "Brain 2024-03-01"
+    out = deidentify(original, KEY, Options(clean_descriptors=True))
+    assert out.StudyDescription == "CT HEAD W/O CONTRAST"
+    assert "SeriesDescription" not in out and "ProtocolName" not in out
+    assert "113105" in [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
+    assert "StudyDescription" not in deidentify(original, KEY)  # only with the option
+    words = {"smith", "joan", "mrn0042", "elsewhere"}
+    for kept in ("T1 AX POST", "AX FLAIR", "CHEST PA/LAT"):
+        assert clean_descriptor(kept, words) == kept
+    for removed in ("joan's scan", "MRN0042 follow-up", "scan 03/01/24", "ref 123456", "at 10:15",
+                    "call dr@example.org", "St Elsewhere CT"):
+        assert clean_descriptor(removed, words) is None, removed
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: p.name)
+def test_clean_descriptors_keep_only_what_the_option_column_allows(
+        path: Path, table: list[dict[str, str]]) -> None:
+    """With the option, an attribute the Basic Profile removes may survive only where Table E.1-1's
+    Clean Descriptors column says C (clean), and never with a word of the patient's name or ID."""
+    original = pydicom.dcmread(path, force=True)
+    if "PixelData" not in original or "SOPClassUID" not in original:
+        pytest.skip("not an image instance")
+    out = deidentify(original, KEY, Options(clean_descriptors=True))
+    cleanable = {int(row["id"], 16) for row in table if row.get("cleanDescOpt") == "C"
+                 and "x" not in row["id"].lower() and not row["id"].startswith("gggg")}
+    name_words = {w.lower() for w in str(original.get("PatientName", "")).replace("^", " ").split()
+                  if len(w) > 2}
+    for tag, value in deidcheck.walk(out):
+        for row in table:
+            if deidcheck.matches(row["id"], tag) and row["basicProfile"] == "X":
+                assert tag in cleanable, f"{row['name']} survived without being cleanable"
+                assert not {w for w in str(value).lower().split()} & name_words, row["name"]

@@ -12,7 +12,8 @@ Parquet) and, with ``--nifti``, a NIfTI volume per series. ``--query`` takes QID
 parameters (empty: every study). ``pull`` (dicom.read, or dicom.read:NAME) downloads a version with
 DICOMweb, verifies every file against the manifest's SHA-256, and can be run again to resume.
 Profile options: basic (always), retain-longitudinal (dates shifted per patient, intervals kept),
-retain-patient-characteristics (sex, age, size, weight...), retain-device-identity.
+retain-patient-characteristics (sex, age, size, weight...), retain-device-identity, clean-descriptors
+(study and series descriptions and protocol names kept where they name nobody).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "'ModalitiesInStudy=MR&StudyDate=20240101-20241231' (default: every study)")
     create.add_argument("--profile", default="basic",
                         help="basic[,retain-longitudinal][,retain-patient-characteristics]"
-                             "[,retain-device-identity]")
+                             "[,retain-device-identity][,clean-descriptors]")
     create.add_argument("--nifti", action="store_true", help="also a NIfTI volume per series (dcm2niix)")
     create.add_argument("--wait", action="store_true", help="show progress until the version is complete")
     create.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -62,6 +62,7 @@ PROFILE_OPTIONS = {
     "retain-longitudinal": "longitudinal_modified_dates",
     "retain-patient-characteristics": "patient_characteristics",
     "retain-device-identity": "device_identity",
+    "clean-descriptors": "clean_descriptors",
 }
 # a build step stops after this many instances or seconds, whichever comes first, and queues the next
 STEP_INSTANCES = 64

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
@@ -30,6 +32,8 @@ RETAINED = frozenset({
     # value transforms
     "RescaleIntercept", "RescaleSlope", "RescaleType", "WindowCenter", "WindowWidth",
     "VOILUTFunction", "PresentationLUTShape",
+    # anatomy: a defined term (CS), not in Table E.1-1; what an AI data set is selected by
+    "BodyPartExamined",
     # ordering within the (pseudonymous) study
     "SeriesNumber", "InstanceNumber", "AcquisitionNumber", "TemporalPositionIndex",
     # acquisition parameters an AI pipeline uses
@@ -55,7 +59,20 @@ METHOD_CODES = {
     "device_identity": ("113109", "Retain Device Identity Option"),
     "longitudinal_modified_dates": ("113107",
                                     "Retain Longitudinal Temporal Information Modified Dates Option"),
+    "clean_descriptors": ("113105", "Clean Descriptors Option"),
 }
+# Clean Descriptors Option (PS3.15 E.3.5): the descriptions a research team selects and trains on
+DESCRIPTORS = ("StudyDescription", "SeriesDescription", "ProtocolName")
+# whose values, in the original, identify somebody: a descriptor naming any of them is removed
+IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber",
+               "StudyID", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
+               "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
+               "NameOfPhysiciansReadingStudy", "RequestingPhysician", "InstitutionName",
+               "InstitutionalDepartmentName", "StationName", "PatientAddress", "MilitaryRank",
+               "OtherPatientNames", "PatientMotherBirthName", "ResponsiblePerson")
+# what looks like a date, a time, a number long enough to be an identifier, or an e-mail address
+_SUSPICIOUS = re.compile(r"\d{4,}|\d{1,4}[./-]\d{1,2}[./-]\d{1,4}|\d{1,2}:\d{2}|@")
+_WORD = re.compile(r"[a-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -64,10 +81,40 @@ class Options:
     device_identity: bool = False
     # dates shifted by a keyed, per-patient number of days (intervals within a patient kept)
     longitudinal_modified_dates: bool = False
+    # study and series descriptions and protocol names kept where they name nobody (else removed)
+    clean_descriptors: bool = False
 
     def chosen(self) -> list[str]:
         return ["basic", *(name for name in ("patient_characteristics", "device_identity",
-                                             "longitudinal_modified_dates") if getattr(self, name))]
+                                             "longitudinal_modified_dates", "clean_descriptors")
+                           if getattr(self, name))]
+
+
+def _identifying_words(ds: Dataset) -> set[str]:
+    """Every word (2+ letters or digits) of the original's identifying attributes, lower-case."""
+    words: set[str] = set()
+    for keyword in IDENTIFYING:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        for v in (value if isinstance(value, MultiValue | list | tuple) else [value]):
+            words |= {w for w in _WORD.findall(str(v).lower().replace("^", " ")) if len(w) >= 2}
+    return words
+
+
+def clean_descriptor(value: str, identifying: set[str]) -> str | None:
+    """The descriptor if it names nobody, else None (removed, never partly redacted).
+
+    Removed when it holds a word of the original's identifying attributes (names, IDs, dates,
+    institution, station...), or anything that looks like a date, a time, a long number or an
+    e-mail address: a description is free text, and what cannot be shown clean is not kept.
+    """
+    text = " ".join(str(value).split())
+    if not text or not text.isprintable() or _SUSPICIOUS.search(text):
+        return None
+    if set(_WORD.findall(text.lower())) & identifying:
+        return None
+    return text
 
 
 def _digest(key: bytes, kind: str, value: str) -> bytes:
@@ -133,6 +180,12 @@ def deidentify(ds: Dataset, key: bytes, options: Options = Options()) -> Dataset
             setattr(out, keyword, value)
     if not options.patient_characteristics:
         out.PatientSex = ""
+    if options.clean_descriptors:
+        identifying = _identifying_words(ds)
+        for keyword in DESCRIPTORS:
+            cleaned = clean_descriptor(str(ds.get(keyword, "") or ""), identifying)
+            if cleaned:
+                setattr(out, keyword, cleaned)
     out.PatientIdentityRemoved = "YES"
     chosen = options.chosen()
     # LO, 64 characters a value: one value per profile and option
