@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl
 
 import pydicom
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from dicomgw.collections import manifest
 from dicomgw.deid import Options, burned_in_candidate, deidentify
@@ -147,22 +148,33 @@ async def define(runtime: Runtime, definition: Definition) -> dict[str, Any]:
         raise Conflict(f"the collection {definition.name} exists with another definition (source "
                        f"{existing.source}, query {existing.query!r}, profile {existing.profile}, "
                        f"nifti {bool(existing.nifti)}); a collection's definition never changes")
+    try:
+        version = await _next_version(runtime, definition.name)
+    except IntegrityError:
+        # another request started the same version at the same moment: that one is the answer
+        async with runtime.index.sessions() as session:
+            version = (await session.execute(select(func.max(CollectionVersion.version)).where(
+                CollectionVersion.collection == definition.name))).scalar_one()
+    return await describe(runtime, definition.name, version=version)
+
+
+async def _next_version(runtime: Runtime, name: str) -> int:
+    """The version being built, or a new one (its first step queued in the same transaction)."""
     insert = runtime.index._insert
     async with runtime.index.sessions.begin() as session:
         versions = (await session.execute(
-            select(CollectionVersion).where(CollectionVersion.collection == definition.name)
+            select(CollectionVersion).where(CollectionVersion.collection == name)
             .order_by(CollectionVersion.version.desc()).with_for_update()
         )).scalars().all()
         building = [v for v in versions if v.state not in ("complete", "failed")]
         if building:
-            version = building[0].version
-        else:
-            version = (versions[0].version + 1) if versions else 1
-            session.add(CollectionVersion(collection=definition.name, version=version,
-                                          state="planning", detail="", instances=0, excluded=0))
-            await session.execute(insert(OutboxItem).values(task=TASK, key=f"{definition.name}/{version}/0")
-                                  .on_conflict_do_nothing())
-    return await describe(runtime, definition.name, version=version)
+            return building[0].version
+        version = (versions[0].version + 1) if versions else 1
+        session.add(CollectionVersion(collection=name, version=version, state="planning", detail="",
+                                      instances=0, excluded=0))
+        await session.execute(insert(OutboxItem).values(task=TASK, key=f"{name}/{version}/0")
+                              .on_conflict_do_nothing())
+    return version
 
 
 async def describe(runtime: Runtime, name: str, *, version: int | None = None) -> dict[str, Any]:
