@@ -343,3 +343,26 @@ def test_keys_from_the_repository_root_reach_the_running_stack(stack: StackUnder
 
     # the query service wrote who asked, and `dicomgw audit` from the same folder reads it
     assert "query(E)" in wait_for(audited, 20)
+
+
+def test_a_token_scoped_to_one_partition_sees_that_partition_only(issuer: Issuer, secured: Secured) -> None:
+    """Partition scopes from the provider, as a realm role (`dicom.read:NAME`) or in `scope`."""
+    admin = {"Authorization": f"Bearer {secured.create_key('partition-admin', 'dicom.admin')}"}
+    for name in ("ward-a", "ward-b"):
+        made = httpx.post(f"{secured.gateway.root}/admin/partitions", json={"name": name}, headers=admin)
+        assert made.status_code == 201, made.text
+    role = issuer.token(scope="openid",
+                        realm_access={"roles": ["dicom.read:ward-a", "dicom.write:ward-a"]})
+    claim = issuer.token(scope="openid dicom.read:ward-a")
+    for token in (role, claim):
+        headers = {"Authorization": f"Bearer {token}"}
+        ok = httpx.get(f"{secured.gateway.url}/partitions/ward-a/studies", headers=headers)
+        assert ok.status_code == 200 and ok.json() == []
+        for root in (f"{secured.gateway.url}/partitions/ward-b", secured.gateway.url):
+            assert httpx.get(f"{root}/studies", headers=headers).status_code == 404
+    stored = _stow(f"{secured.gateway.url}/partitions/ward-a", [make_instance()],
+                   {"Authorization": f"Bearer {role}"})
+    assert stored.status_code == 200, stored.text
+    refused = _stow(f"{secured.gateway.url}/partitions/ward-a", [make_instance()],
+                    {"Authorization": f"Bearer {claim}"})
+    assert refused.status_code == 403
