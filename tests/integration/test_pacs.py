@@ -45,6 +45,29 @@ def _study_uid(data: bytes) -> str:
     return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID)
 
 
+def _send_by_dimse(orthanc: OrthancServer, parts: list[bytes], folder: Path) -> None:
+    """C-STORE the instances to Orthanc with dcmtk's storescu, as a modality would."""
+    files = []
+    for i, data in enumerate(parts):
+        files.append(folder / f"{i}.dcm")
+        files[-1].write_bytes(data)
+    sent = subprocess.run([shutil.which("storescu") or "storescu", "-aec", orthanc.aet, "127.0.0.1",
+                           str(orthanc.dicom_port), *map(str, files)], capture_output=True, text=True,
+                          timeout=60)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+
+
+def _wait_for_instances(root: str, study: str, count: int, headers: dict[str, str],
+                        orthanc: OrthancServer) -> None:
+    """Until the gateway (at the DICOMweb root ``root``) holds ``count`` instances of the study."""
+    deadline = time.monotonic() + 60
+    found: list[object] = []
+    while time.monotonic() < deadline and len(found) < count:
+        found = httpx.get(f"{root}/studies/{study}/instances", headers=headers).json()
+        time.sleep(0.5)
+    assert len(found) == count, orthanc.log.read_text()[-2000:]
+
+
 def test_orthanc_forwards_new_studies_to_the_gateway(make_gateway, orthanc: OrthancServer,  # type: ignore[no-untyped-def]
                                                      tmp_path: Path) -> None:
     gw, auth, key = _secured(make_gateway)
@@ -52,21 +75,9 @@ def test_orthanc_forwards_new_studies_to_the_gateway(make_gateway, orthanc: Orth
                            "--token", key], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     parts = make_study(2, 2)
-    files = []
-    for i, data in enumerate(parts):
-        files.append(tmp_path / f"{i}.dcm")
-        files[-1].write_bytes(data)
-    sent = subprocess.run([shutil.which("storescu") or "storescu", "-aec", orthanc.aet, "127.0.0.1",
-                           str(orthanc.dicom_port), *map(str, files)], capture_output=True, text=True,
-                          timeout=60)
-    assert sent.returncode == 0, sent.stdout + sent.stderr
+    _send_by_dimse(orthanc, parts, tmp_path)
     study = _study_uid(parts[0])
-    deadline = time.monotonic() + 60
-    found: list[object] = []
-    while time.monotonic() < deadline and len(found) < 4:
-        found = httpx.get(f"{gw.url}/studies/{study}/instances", headers=auth).json()
-        time.sleep(0.5)
-    assert len(found) == 4, orthanc.log.read_text()[-2000:]
+    _wait_for_instances(gw.url, study, 4, auth, orthanc)
     resp = httpx.get(f"{gw.url}/studies/{study}", headers={**auth, "accept": ANY_TS})
     parts_back = split_multipart(resp.content, resp.headers["content-type"])
     got = {str(d.SOPInstanceUID): d for d in (pydicom.dcmread(io.BytesIO(p)) for _, p in parts_back)}
@@ -97,19 +108,9 @@ def test_orthanc_forwards_into_a_named_partition(make_gateway, orthanc: OrthancS
                            "--token", key], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     parts = make_study(1, 3)
-    for i, data in enumerate(parts):
-        (tmp_path / f"{i}.dcm").write_bytes(data)
-    sent = subprocess.run([shutil.which("storescu") or "storescu", "-aec", orthanc.aet, "127.0.0.1",
-                           str(orthanc.dicom_port), *(str(tmp_path / f"{i}.dcm") for i in range(3))],
-                          capture_output=True, text=True, timeout=60)
-    assert sent.returncode == 0, sent.stdout + sent.stderr
+    _send_by_dimse(orthanc, parts, tmp_path)
     study = _study_uid(parts[0])
-    deadline = time.monotonic() + 60
-    found: list[object] = []
-    while time.monotonic() < deadline and len(found) < 3:
-        found = httpx.get(f"{root}/studies/{study}/instances", headers=admin).json()
-        time.sleep(0.5)
-    assert len(found) == 3, orthanc.log.read_text()[-2000:]
+    _wait_for_instances(root, study, 3, admin, orthanc)
     # in the hospital's partition only
     assert httpx.get(f"{gw.url}/studies/{study}/instances", headers=admin).json() == []
 

@@ -9,6 +9,7 @@ lives at the root of the same origin: ``{scheme}://{host}/admin/...``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any
 from urllib.parse import urlsplit
@@ -78,3 +79,14 @@ class Gateway:
         if response.status_code >= 400:
             raise CommandFailed(problem_text(response))
         return response.json() if response.content else None
+
+
+def admin_list(args: argparse.Namespace, path: str) -> list[dict[str, Any]] | None:
+    """The list ``GET /admin/{path}`` answers (under the key ``path``), for a ``list`` command: with
+    ``--json`` it is printed as it came and None is returned."""
+    with Gateway(args.url, args.token) as gateway:
+        items: list[dict[str, Any]] = gateway.admin("GET", path)[path]
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return None
+    return items

@@ -8,9 +8,8 @@ hospital-a-pacs --scope dicom.write:hospital-a``) or through the global ``dicom.
 from __future__ import annotations
 
 import argparse
-import json
 
-from dicomgw_gateway.adminclient import Gateway, add_connection_args
+from dicomgw_gateway.adminclient import Gateway, add_connection_args, admin_list
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -38,15 +37,13 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with Gateway(args.url, args.token) as gateway:
-        partitions = gateway.admin("GET", "partitions")["partitions"]
-        if args.json:
-            print(json.dumps(partitions, indent=2))
-            return 0
-        width = max([len("NAME"), *(len(p["name"]) for p in partitions)]) + 2
-        print(f"{'NAME':<{width}}{'KIND':<12}{'ACCESS':<12}{'CREATED':<21}DESCRIPTION")
-        for p in partitions:
-            access = "read-only" if p["readOnly"] else "read-write"
-            created = (p["created"] or "")[:19].replace("T", " ")
-            print(f"{p['name']:<{width}}{p['kind']:<12}{access:<12}{created:<21}{p['description']}")
+    partitions = admin_list(args, "partitions")
+    if partitions is None:
+        return 0
+    width = max([len("NAME"), *(len(p["name"]) for p in partitions)]) + 2
+    print(f"{'NAME':<{width}}{'KIND':<12}{'ACCESS':<12}{'CREATED':<21}DESCRIPTION")
+    for p in partitions:
+        access = "read-only" if p["readOnly"] else "read-write"
+        created = (p["created"] or "")[:19].replace("T", " ")
+        print(f"{p['name']:<{width}}{p['kind']:<12}{access:<12}{created:<21}{p['description']}")
     return 0

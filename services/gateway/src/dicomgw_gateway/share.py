@@ -33,7 +33,13 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dicomgw.collections import manifest
-from dicomgw_gateway.adminclient import CommandFailed, Gateway, add_connection_args, problem_text
+from dicomgw_gateway.adminclient import (
+    CommandFailed,
+    Gateway,
+    add_connection_args,
+    admin_list,
+    problem_text,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -131,12 +137,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with Gateway(args.url, args.token) as gateway:
-        collections = gateway.admin("GET", "collections")["collections"]
-    if args.json:
-        print(json.dumps(collections, indent=2))
-        return 0
-    for c in collections:
+    collections = admin_list(args, "collections")
+    for c in collections or ():
         latest = c["versions"][-1] if c["versions"] else None
         print(f"{c['name']:<24}{c['source']:<16}" + (_version_line(latest) if latest else "no version"))
     return 0
