@@ -449,8 +449,12 @@ async def _finish(runtime: Runtime, collection: Collection, version: int) -> Non
               "series": len({r.series_instance_uid for r in rows}),
               "files": sorted(files), "completed": datetime.now(UTC).isoformat()}
     files["report.json"] = json.dumps(report, indent=2).encode()
+    # the replica gets them too: what a research team was handed should survive the primary's loss
+    # like the instances it lists (they are replicated as any instance is)
+    stores = [runtime.store, *([runtime.replica] if runtime.replica is not None else [])]
     for filename, data in files.items():
-        await runtime.store.put_bytes(artifact_key(collection.name, version, filename), data)
+        for store in stores:
+            await store.put_bytes(artifact_key(collection.name, version, filename), data)
     new = [i for i in items if i.version == version]
     await _set_version(runtime, collection.name, version, state="complete", finished_at=datetime.now(UTC),
                        instances=sum(i.state == "done" for i in new),
