@@ -29,6 +29,8 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "dicomgw.repair": {"queue": "replicate"},
     "dicomgw.sweep": {"queue": "verify"},
     "dicomgw.import_study": {"queue": "import"},
+    # research collections: long steps of their own, so that an operator can give them other workers
+    "dicomgw.collect": {"queue": "collect"},
 }
 QUEUES = sorted({route["queue"] for route in TASK_ROUTES.values()})
 
