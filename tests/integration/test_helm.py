@@ -217,11 +217,17 @@ ROUTES += [(m, p.replace("/dicom-web/", "/dicom-web/partitions/hospital-a/"), s)
            for m, p, s in ROUTES if p.startswith("/dicom-web/")]
 
 
-@pytest.mark.parametrize(("method", "path", "service"), ROUTES)
-def test_httproute_routes_like_the_local_nginx(method: str, path: str, service: str) -> None:
+@pytest.fixture(scope="module")
+def httproute() -> dict[str, Any]:
     [route] = [d for d in render(*WITH_CRDS) if d["kind"] == "HTTPRoute"]
+    return route
+
+
+@pytest.mark.parametrize(("method", "path", "service"), ROUTES)
+def test_httproute_routes_like_the_local_nginx(httproute: dict[str, Any], method: str, path: str,
+                                               service: str) -> None:
     assert _nginx_route(method, path) == service
-    assert _httproute_route(route, method, path) == service
+    assert _httproute_route(httproute, method, path) == service
 
 
 def test_alert_rules_and_dashboard_are_the_checked_files() -> None:
