@@ -6,21 +6,23 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
+
+from dicomgw.partitions import valid_name
 
 READ = "dicom.read"  # QIDO-RS, WADO-RS
 WRITE = "dicom.write"  # STOW-RS, DIMSE import jobs
 ADMIN = "dicom.admin"  # status, verification, keys, audit
 ALL_SCOPES = frozenset({READ, WRITE, ADMIN})
 PARTITIONED = frozenset({READ, WRITE})
-_QUALIFIED = re.compile(r"^(dicom\.read|dicom\.write):([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)$")
+
 
 
 def valid_scope(scope: str) -> bool:
     """A scope dicomgw grants: one of ALL_SCOPES, or ``dicom.read:NAME`` / ``dicom.write:NAME``."""
-    return scope in ALL_SCOPES or bool(_QUALIFIED.match(scope))
+    base, _, partition = scope.partition(":")
+    return scope in ALL_SCOPES or (base in PARTITIONED and valid_name(partition))
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ async def collection_lineage(name: str, runtime: RuntimeDep) -> dict[str, Any]:
     return {"collection": name, "items": await builder.lineage(runtime, name)}
 
 
-async def _collection(request: Request, runtime: RuntimeDep) -> str:
+def _collection(request: Request) -> str:
     partition = partition_of(request)
     if partition.kind != "collection":
         raise NotFound(f"{partition.name} is a partition, not a collection")
@@ -67,7 +67,7 @@ async def _collection(request: Request, runtime: RuntimeDep) -> str:
 
 @router.get("/collections/{partition}/versions", dependencies=[requires(READ)])
 async def collection_versions(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
-    name = await _collection(request, runtime)
+    name = _collection(request)
     return {"collection": name, "dicomweb": f"partitions/{name}",
             "versions": await builder.published_versions(runtime, name)}
 
@@ -75,11 +75,13 @@ async def collection_versions(request: Request, runtime: RuntimeDep) -> dict[str
 @router.get("/collections/{partition}/versions/{version}/{filename:path}", dependencies=[requires(READ)])
 async def collection_file(version: str, filename: str, request: Request,
                           runtime: RuntimeDep) -> StreamingResponse:
-    name = await _collection(request, runtime)
-    published = await builder.published_versions(runtime, name)
-    if version == "latest" and published:
-        number = published[-1]["version"]
-    elif version.isdigit() and any(v["version"] == int(version) for v in published):
+    name = _collection(request)
+    # the complete versions, from the index alone (the reports are read only to list versions)
+    complete = [v["version"] for v in (await builder.describe(runtime, name))["versions"]
+                if v["state"] == "complete"]
+    if version == "latest" and complete:
+        number = complete[-1]
+    elif version.isdigit() and int(version) in complete:
         number = int(version)
     else:
         raise NotFound(f"the collection {name} has no complete version {version}")
