@@ -8,10 +8,8 @@ touched that are not in the URL (STOW's stored studies, a search's results) to
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomgw.audit import AuditEvent
 from dicomgw.runtime import Runtime
@@ -56,12 +54,29 @@ def _event(request: Request, status: int, base_path: str) -> AuditEvent | None:
     return AuditEvent(event="transferred", action="R", outcome=outcome, **common)
 
 
-async def audit_middleware(request: Request,
-                           call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    response = await call_next(request)
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is not None and runtime.settings.audit.enabled:
-        event = _event(request, response.status_code, runtime.settings.http.base_path)
-        if event is not None:
-            runtime.audit.record(event)
-    return response
+class AuditMiddleware:
+    """Pure ASGI (responses stream through untouched): one audit event per request once it is answered."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            runtime: Runtime | None = getattr(scope["app"].state, "runtime", None)
+            if runtime is not None and runtime.settings.audit.enabled:
+                event = _event(Request(scope), status, runtime.settings.http.base_path)
+                if event is not None:
+                    runtime.audit.record(event)
