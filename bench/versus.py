@@ -137,6 +137,21 @@ class Server:
     url: str  # the DICOMweb root
     pids: Callable[[], list[int]]
     headers: dict[str, str] = field(default_factory=dict)
+    # the archive's root URL, for /admin/status: reads are measured once every stored instance is
+    # verified (and replicated), so that background work does not weigh on either side's figures
+    root: str | None = None
+
+    def settle(self, timeout: float = 1800) -> None:
+        if self.root is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = httpx.get(f"{self.root}/admin/status", headers=self.headers, timeout=60).json()
+            replica = status.get("replica") or {}
+            if not status.get("pending") and not replica.get("pending"):
+                return
+            time.sleep(1)
+        raise RuntimeError(f"{self.name} did not verify the corpus within {timeout} s")
 
 
 def rss_mb(pids: list[int]) -> dict[str, float]:
@@ -185,7 +200,7 @@ def embedded(tmp: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
 
     gw = start_gateway(tmp / "gateway", env)
     try:
-        yield Server("gateway", gw.url, lambda: process_tree(gw.process.pid))
+        yield Server("gateway", gw.url, lambda: process_tree(gw.process.pid), root=gw.root)
     finally:
         gw.stop()
 
@@ -300,16 +315,21 @@ def study_files(data_dir: Path, study: str) -> list[Path]:
     return sorted((data_dir / "objects" / "originals" / study).rglob("*.dcm"))
 
 
+def _spool(parts: list[bytes], folder: Path) -> list[tuple[Path, bytes, int]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, data in enumerate(parts):
+        path = folder / f"{i}.dcm"
+        path.write_bytes(data)
+        out.append((path, hashlib.sha256(data).digest(), len(data)))
+    return out
+
+
 async def raw_s3(settings: Any, parts: list[bytes], folder: Path) -> tuple[float, float]:
     """(PUT instances/s with SHA-256, GET MB/s) against the same MinIO, 8 requests at once."""
     from dicomgw.storage.s3 import S3Store
 
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, data in enumerate(parts):
-        path = folder / f"{i}.dcm"
-        path.write_bytes(data)
-        paths.append((path, hashlib.sha256(data).digest(), len(data)))
+    paths = _spool(parts, folder)
     store = await S3Store.open(settings)
     sem = asyncio.Semaphore(8)
 
@@ -344,6 +364,7 @@ def compare(corpus: Corpus, gateway: Server, orthanc_server: Server,
     for server in (orthanc_server, gateway):
         rate = asyncio.run(stow(server, corpus.parts))
         figures[server.name] = {"STOW instances/s": rate, **rss_mb(server.pids())}
+        server.settle()
         figures[server.name].update(read_figures(server, corpus))
     raw_figures = raw()
     rows = []
@@ -390,16 +411,18 @@ def run_stack(corpus: Corpus, tmp: Path) -> dict[str, Any]:
     try:
         done = subprocess.run(
             [str(Path(sys.executable).parent / "dicomgw"), "keys", "create", "bench", "--scopes",
-             "dicom.read,dicom.write"], env={**os.environ, **config.service_env()},
+             "dicom.read,dicom.write,dicom.admin"], env={**os.environ, **config.service_env()},
             capture_output=True, text=True, timeout=60, check=True)
         key = done.stdout.strip().splitlines()[-1]
 
         def pids() -> list[int]:
             return sorted({q for proc in stack.procs.values() for q in process_tree(proc.pid)})
 
-        gw = Server("gateway", config.url, pids, {"Authorization": f"Bearer {key}"})
+        gw = Server("gateway", config.url, pids, {"Authorization": f"Bearer {key}"},
+                    root=f"http://{config.host}:{config.port}")
         env = config.service_env()
-        s3 = StorageSettings(backend="s3", endpoint_url=env["DICOMGW_STORAGE_ENDPOINT_URL"], bucket="bench-raw",
+        s3 = StorageSettings(backend="s3", endpoint_url=env["DICOMGW_STORAGE_ENDPOINT_URL"],
+                             bucket="bench-raw",
                         access_key=env["DICOMGW_STORAGE_ACCESS_KEY"],
                         secret_key=env["DICOMGW_STORAGE_SECRET_KEY"])
 
@@ -419,8 +442,8 @@ def table(result: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|"]
     for row in result["figures"]:
         lines.append(f"| {row['figure']} | {row['orthanc']} | {row['gateway']} | "
-                     f"{row['gateway/orthanc']}× | {row.get('raw store', '')} | "
-                     f"{str(row['gateway/raw']) + '×' if 'gateway/raw' in row else ''} |")
+                     f"{row['gateway/orthanc']}x | {row.get('raw store', '')} | "
+                     f"{str(row['gateway/raw']) + 'x' if 'gateway/raw' in row else ''} |")
     mem = result["memory"]
     lines.append(f"peak RSS MB: Orthanc {mem['orthanc']['peak_rss_mb']}, "
                  f"dicomgw {mem['gateway']['peak_rss_mb']} (all its processes)")

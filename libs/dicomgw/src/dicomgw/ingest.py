@@ -64,8 +64,46 @@ class StowOutcome:
         return 202 if self.succeeded else 409
 
 
+class KnownDigests:
+    """The duplicate look-ups of one request, batched: parts that ask while a query is out share the next.
+
+    A look-up per part cost a database round trip and a pooled connection each; with many parts in
+    flight they queued for connections longer than the parts took to parse and store.
+    """
+
+    def __init__(self, runtime: Runtime, partition: str) -> None:
+        self.runtime = runtime
+        self.partition = partition
+        self._waiting: dict[str, list[asyncio.Future[bytes | None]]] = {}
+        self._drain: asyncio.Task[None] | None = None
+
+    async def sha256(self, sop_uid: str) -> bytes | None:
+        """SHA-256 of the indexed original of ``sop_uid`` in the partition, or None."""
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(sop_uid, []).append(future)
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.create_task(self._answer())
+        return await future
+
+    async def _answer(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            try:
+                known = await self.runtime.index.known_sha256(list(batch), self.partition)
+            except Exception as exc:
+                for futures in batch.values():
+                    for f in futures:
+                        if not f.done():
+                            f.set_exception(exc)
+                continue
+            for uid, futures in batch.items():
+                for f in futures:
+                    if not f.done():
+                        f.set_result(known.get(uid))
+
+
 async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None,
-                      partition: str) -> PartResult:
+                      partition: str, digests: KnownDigests) -> PartResult:
     result = PartResult(index=part.index)
     try:
         media = parse_media_type(part.content_type or "application/dicom")[0]
@@ -82,9 +120,7 @@ async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None
             raise StudyInstanceUIDMismatch(
                 f"part {part.index} belongs to another study than the request URL names"
             )
-        known = (await runtime.index.known_sha256([parsed.sop_instance_uid], partition)).get(
-            parsed.sop_instance_uid
-        )
+        known = await digests.sha256(parsed.sop_instance_uid)
         if known is not None:
             if known != part.sha256:
                 raise DuplicateInstance("an instance with this SOP Instance UID and other content "
@@ -93,7 +129,7 @@ async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None
             return result
         key = original_key(parsed.study_instance_uid, parsed.series_instance_uid,
                            parsed.sop_instance_uid, part.sha256.hex(), partition)
-        await runtime.store.put_file(key, part.path, sha256=part.sha256, size=part.size)
+        await runtime.store.put_file(key, part.path, sha256=part.sha256, size=part.size, hashed=True)
         result.stored = StoredObject(parsed=parsed, object_key=key, size=part.size, sha256=part.sha256)
     except InstanceRejected as exc:
         log.info("part %d refused (0x%04X): %s", part.index, exc.failure_reason, exc.detail)
@@ -115,10 +151,11 @@ async def store_parts(
     """Store every part into ``partition``, then index the stored ones in one transaction."""
     limit = asyncio.Semaphore(runtime.settings.storage.max_concurrency)
     tasks: list[asyncio.Task[PartResult]] = []
+    digests = KnownDigests(runtime, partition)
 
     async def bounded(part: SpooledPart) -> PartResult:
         async with limit:
-            return await _store_part(runtime, part, study_uid, partition)
+            return await _store_part(runtime, part, study_uid, partition, digests)
 
     try:
         async for part in parts:

@@ -127,8 +127,9 @@ async def spool_parts(
             if max_bytes and received > max_bytes:
                 raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
             try:
-                # Parsing, hashing and writing one network chunk: off the event loop.
-                await asyncio.to_thread(parser.write, chunk)
+                # Parsing, hashing and writing one network chunk (about 64 KiB) on the event loop:
+                # it takes less time than a hop to a thread and back, which halved STOW's throughput.
+                parser.write(chunk)
             except MultipartParseError as exc:
                 raise BadRequest(f"malformed multipart body: {exc}") from exc
             while spooler.done:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dicomgw.dicom.parse import ParsedInstance
 from dicomgw.index.db import session_factory
 from dicomgw.index.models import Instance, OutboxItem, Series, Study
+
+# the tables, for Core statements (multi-row INSERTs, the duplicate look-up)
+STUDIES, SERIES, INSTANCES, OUTBOX = (cast(Table, m.__table__) for m in (Study, Series, Instance, OutboxItem))
 
 # the partition every row is in unless said otherwise (dicomgw.partitions.DEFAULT)
 DEFAULT = "default"
@@ -77,18 +82,21 @@ class IndexRepository:
         self.new_work = tuple(new_work)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        instances = INSTANCES
+        self._known = select(instances.c.sop_instance_uid, instances.c.sha256).where(
+            instances.c.partition_name == bindparam("partition"),
+            instances.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
+        # SQLite has one writer: requests of this process take turns here rather than in SQLite's
+        # busy handler, which sleeps up to 100 ms between tries
+        self._writer: contextlib.AbstractAsyncContextManager[object] = (
+            asyncio.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext())
 
     async def known_sha256(self, sop_uids: Sequence[str], partition: str = DEFAULT) -> dict[str, bytes]:
         """SHA-256 of the indexed original of each SOP Instance UID indexed already in the partition."""
         if not sop_uids:
             return {}
-        async with self.sessions() as session:
-            rows = await session.execute(
-                select(Instance.sop_instance_uid, Instance.sha256).where(
-                    Instance.partition_name == partition,
-                    Instance.sop_instance_uid.in_(list(sop_uids)),
-                )
-            )
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(self._known, {"partition": partition, "uids": list(sop_uids)})
             return {uid: bytes(sha) for uid, sha in rows.all()}
 
     async def commit(self, objects: Sequence[StoredObject], partition: str = DEFAULT) -> list[CommitOutcome]:
@@ -114,19 +122,19 @@ class IndexRepository:
                  "size": obj.size, "sha256": obj.sha256, "metadata_json": obj.parsed.metadata_json,
                  "layout_json": json.dumps(obj.parsed.layout, separators=(",", ":")),
                  "verify_status": "pending"} for obj in first.values()]
-        instances = Instance.__table__
+        instances = INSTANCES
         # Multi-row statements (SQLAlchemy's insertmanyvalues): one compiled INSERT per table, not an
         # ORM statement per row, which cost a third of a STOW request's time under the GIL.
-        async with self.sessions.begin() as session:
-            await session.execute(ins(Study.__table__).on_conflict_do_nothing(), list(studies.values()))
-            await session.execute(ins(Series.__table__).on_conflict_do_nothing(), list(series.values()))
+        async with self._writer, self.sessions.begin() as session:
+            await session.execute(ins(STUDIES).on_conflict_do_nothing(), list(studies.values()))
+            await session.execute(ins(SERIES).on_conflict_do_nothing(), list(series.values()))
             inserted = set((await session.execute(
                 ins(instances).on_conflict_do_nothing().returning(instances.c.sop_instance_uid), rows,
             )).scalars())
             work = [{"task": task, "key": work_key(partition, uid)}
                     for uid in first if uid in inserted for task in self.new_work]
             if work:
-                await session.execute(ins(OutboxItem.__table__).on_conflict_do_nothing(), work)
+                await session.execute(ins(OUTBOX).on_conflict_do_nothing(), work)
             existing = {}
             others = [obj.parsed.sop_instance_uid for obj in objects
                       if obj.parsed.sop_instance_uid not in inserted

@@ -28,11 +28,14 @@ class ObjectNotFound(KeyError):
 class ObjectStore(Protocol):
     """Byte storage for originals and derived data. Every method is safe to call concurrently."""
 
-    async def put_file(self, key: str, path: Path, *, sha256: bytes, size: int) -> None:
+    async def put_file(self, key: str, path: Path, *, sha256: bytes, size: int,
+                       hashed: bool = False) -> None:
         """Store the file at ``path`` under ``key``; durable when it returns.
 
         ``sha256`` is the digest of the file, checked by the store (S3 ``x-amz-checksum-sha256``; the
-        local adapter hashes what it wrote). The caller's file may be moved or consumed.
+        local adapter hashes what it wrote). ``hashed`` says the caller computed ``sha256`` from
+        these very bytes as it wrote the file (the STOW spooler does), so a store that can adopt the
+        file without copying it need not read it again. The caller's file may be moved or consumed.
         """
         ...
 

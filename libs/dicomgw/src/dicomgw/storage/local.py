@@ -44,30 +44,34 @@ class LocalStore:
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
 
-    def _adopt(self, path: Path, dest: Path, sha256: bytes, size: int) -> bool:
+    def _adopt(self, path: Path, dest: Path, sha256: bytes, size: int, hashed: bool) -> bool:
         """Move a caller's file into place when it is on our filesystem: no second copy.
 
-        The bytes are re-hashed (reading is cheap: they are in the page cache) and fsynced before the
-        rename, so the rename never exposes unwritten or unexpected data.
+        Unless the caller hashed the bytes as it wrote them, they are hashed again here (reading is
+        cheap: they are in the page cache). The file is fsynced before the rename, so the rename
+        never exposes unwritten or unexpected data.
         """
         try:
             if os.stat(path).st_dev != os.stat(self.root).st_dev:
                 return False
             with open(path, "rb+") as f:
-                digest = hashlib.sha256()
-                while chunk := f.read(_COPY_CHUNK):
-                    digest.update(chunk)
-                if f.tell() != size or digest.digest() != sha256:
-                    raise StorageUnavailable("checksum mismatch writing an object")
+                if os.fstat(f.fileno()).st_size != size:
+                    raise StorageUnavailable("size mismatch writing an object")
+                if not hashed:
+                    digest = hashlib.sha256()
+                    while chunk := f.read(_COPY_CHUNK):
+                        digest.update(chunk)
+                    if digest.digest() != sha256:
+                        raise StorageUnavailable("checksum mismatch writing an object")
                 os.fsync(f.fileno())
         except FileNotFoundError:
             return False
         self._install(path, dest)
         return True
 
-    def _put_file_sync(self, key: str, path: Path, sha256: bytes, size: int) -> None:
+    def _put_file_sync(self, key: str, path: Path, sha256: bytes, size: int, hashed: bool) -> None:
         dest = self._path(key)
-        if self._adopt(path, dest, sha256, size):
+        if self._adopt(path, dest, sha256, size, hashed):
             return
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
         tmp = Path(tmp_name)
@@ -88,9 +92,10 @@ class LocalStore:
             tmp.unlink(missing_ok=True)
             raise
 
-    async def put_file(self, key: str, path: Path, *, sha256: bytes, size: int) -> None:
+    async def put_file(self, key: str, path: Path, *, sha256: bytes, size: int,
+                       hashed: bool = False) -> None:
         try:
-            await asyncio.to_thread(self._put_file_sync, key, Path(path), sha256, size)
+            await asyncio.to_thread(self._put_file_sync, key, Path(path), sha256, size, hashed)
         except OSError as exc:
             raise StorageUnavailable(f"local store write failed: {exc.strerror}") from exc
 

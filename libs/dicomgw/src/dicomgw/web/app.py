@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
@@ -38,6 +40,9 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
+        # Blocking calls (fsync, file reads, DICOM parsing) run in the default executor; Python's
+        # default of cpu+4 threads queued a STOW's parts behind each other's fsyncs on a 2-core machine.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32, "dicomgw-io"))
         async with open_runtime(settings, migrate=settings.index.migrate) as runtime:
             app.state.runtime = runtime
             managers = [runtime.audit.running(), *(make(runtime) for make in background)]
