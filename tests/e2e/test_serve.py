@@ -76,3 +76,32 @@ def test_sigterm_lets_an_in_flight_stow_finish(make_gateway) -> None:  # type: i
     assert gw.process.wait(timeout=30) in (0, -signal.SIGTERM)
     with sqlite3.connect(gw.data_dir / "index.sqlite3") as db:
         assert db.execute("select count(*) from instances").fetchone()[0] == 4
+
+
+def test_several_processes_share_one_port_one_metrics_view_and_one_background_loop(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = make_gateway({"DICOMGW_HTTP_WORKERS": "3"})
+    servers = [p for p in Path("/proc").glob("[0-9]*")
+               if (p / "status").exists() and f"PPid:\t{gw.process.pid}\n" in (p / "status").read_text()]
+    assert len([p for p in servers if b"dicomgw" in (p / "cmdline").read_bytes()
+                or b"multiprocessing" in (p / "cmdline").read_bytes()]) >= 3
+    body, ct = multipart_related(make_study(1, 4))
+    assert httpx.post(f"{gw.url}/studies", content=body, headers={"content-type": ct}).status_code == 200
+    with httpx.Client() as client:  # a new connection each time: the kernel spreads them over processes
+        for _ in range(12):
+            client.get(f"{gw.url}/studies", headers={"connection": "close"}).raise_for_status()
+    metrics = httpx.get(f"{gw.root}/metrics").text
+    served = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                 if line.startswith("dicomgw_http_requests_total{")
+                 and 'route="/studies"' in line and 'method="GET"' in line)
+    assert served == 12  # whichever process answered the scrape counts every process's requests
+    # the background loop runs in one process: every stored instance is verified exactly once
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{gw.root}/admin/status").json()
+        if status["verified"] == 4:
+            break
+        time.sleep(0.2)
+    assert status["verified"] == 4 and status["pending"] == 0
+    verified = sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"{gw.root}/metrics").text.splitlines()
+                   if line.startswith("dicomgw_checksum_results_total{"))
+    assert verified == 4

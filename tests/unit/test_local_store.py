@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,22 @@ async def test_bad_digest_leaves_the_callers_file_and_no_object(tmp_path: Path) 
     assert [k async for k in store.list_keys()] == []
 
 
-async def test_close_removes_unacknowledged_temporaries(tmp_path: Path) -> None:
+def _dead_pid() -> int:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return dead.pid
+
+
+async def test_unacknowledged_temporaries_of_dead_processes_go_and_live_ones_stay(tmp_path: Path) -> None:
+    crashed = tmp_path / "root" / ".tmp" / f"{_dead_pid()}-x1y2"
+    crashed.mkdir(parents=True)
+    (crashed / "crashed.part").write_bytes(b"half")
+    other = LocalStore(tmp_path / "root")  # another server process, writing at this moment
+    (other._tmp / "in-flight.part").write_bytes(b"busy")
     store = LocalStore(tmp_path / "root")
-    (tmp_path / "root" / ".tmp" / "crashed.part").write_bytes(b"half")
+    assert not crashed.exists()
     await store.put_bytes("k", b"v")
     assert [k async for k in store.list_keys()] == ["k"]  # temporaries are never listed
     await store.close()
-    assert list((tmp_path / "root" / ".tmp").iterdir()) == []
+    assert (other._tmp / "in-flight.part").exists()
     assert await store.read("k") == b"v"

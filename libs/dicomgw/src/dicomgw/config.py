@@ -113,6 +113,9 @@ class HttpSettings(BaseSettings):
     max_request_bytes: int = 0
     # parts larger than this are spooled to disk while they stream in
     spool_memory_bytes: int = 1 << 20
+    # processes serving HTTP (`dicomgw serve`); 0 = one per CPU core. They share one listening socket;
+    # one of them also runs the background loop and the DIMSE listener.
+    workers: int = 0
     # QIDO default and maximum page size
     qido_default_limit: int = 1000
     qido_max_limit: int = 10000

@@ -65,20 +65,29 @@ class StowOutcome:
 
 
 class KnownDigests:
-    """The duplicate look-ups of one request, batched: parts that ask while a query is out share the next.
+    """The duplicate look-ups of one request: none for a study the index does not hold yet, and the
+    others batched (parts that ask while a query is out share the next one).
 
     A look-up per part cost a database round trip and a pooled connection each; with many parts in
-    flight they queued for connections longer than the parts took to parse and store.
+    flight they queued for connections longer than the parts took to parse and store. A new study
+    (what a PACS forwards all day) cannot hold a duplicate; an instance whose UID is indexed under
+    another study is still caught by the index commit, which refuses it and removes its object.
     """
 
     def __init__(self, runtime: Runtime, partition: str) -> None:
         self.runtime = runtime
         self.partition = partition
+        self._studies: dict[str, asyncio.Task[bool]] = {}
         self._waiting: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._drain: asyncio.Task[None] | None = None
 
-    async def sha256(self, sop_uid: str) -> bytes | None:
+    async def sha256(self, study_uid: str, sop_uid: str) -> bytes | None:
         """SHA-256 of the indexed original of ``sop_uid`` in the partition, or None."""
+        if study_uid not in self._studies:
+            self._studies[study_uid] = asyncio.create_task(
+                self.runtime.index.has_study(study_uid, self.partition))
+        if not await self._studies[study_uid]:
+            return None
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(sop_uid, []).append(future)
         if self._drain is None or self._drain.done():
@@ -120,7 +129,7 @@ async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None
             raise StudyInstanceUIDMismatch(
                 f"part {part.index} belongs to another study than the request URL names"
             )
-        known = await digests.sha256(parsed.sop_instance_uid)
+        known = await digests.sha256(parsed.study_instance_uid, parsed.sop_instance_uid)
         if known is not None:
             if known != part.sha256:
                 raise DuplicateInstance("an instance with this SOP Instance UID and other content "

@@ -1,4 +1,5 @@
 """Prometheus metrics shared by every service: RED per route, bytes, STOW outcomes, integrity gauges.
+Integrity gauges are snapshots of the index: with several server processes the most recent one counts.
 
 Labels carry route templates (``/studies/{study}/series``), methods, statuses and outcome names only:
 never a UID or anything else from a DICOM header (DESIGN invariant 6).
@@ -7,12 +8,13 @@ never a UID or anything else from a DICOM header (DESIGN invariant 6).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomgw.logs import request_id
@@ -32,12 +34,27 @@ STOW_INSTANCES = Counter("dicomgw_stow_instances_total",
                          ["outcome", "reason"])
 STOW_BYTES = Counter("dicomgw_stow_stored_bytes_total", "Bytes of originals newly stored")
 
-ORIGINALS = Gauge("dicomgw_originals", "Originals in the index by verification status", ["status"])
-REPLICAS = Gauge("dicomgw_replicas", "Originals by replica status", ["status"])
+ORIGINALS = Gauge("dicomgw_originals", "Originals in the index by verification status", ["status"],
+                  multiprocess_mode="mostrecent")
+REPLICAS = Gauge("dicomgw_replicas", "Originals by replica status", ["status"],
+                 multiprocess_mode="mostrecent")
 OLDEST_UNVERIFIED = Gauge("dicomgw_oldest_unverified_seconds",
-                          "Age of the oldest original never verified (0 when none)")
-OUTBOX = Gauge("dicomgw_outbox_depth", "Background work waiting in the outbox", ["task"])
-REPAIRED = Gauge("dicomgw_originals_repaired", "Copies repaired since the archive began")
+                          "Age of the oldest original never verified (0 when none)",
+                          multiprocess_mode="mostrecent")
+OUTBOX = Gauge("dicomgw_outbox_depth", "Background work waiting in the outbox", ["task"],
+               multiprocess_mode="mostrecent")
+REPAIRED = Gauge("dicomgw_originals_repaired", "Copies repaired since the archive began",
+                  multiprocess_mode="mostrecent")
+
+
+def exposition() -> bytes:
+    """The text exposition of this process, or of every process of the server (``dicomgw serve`` with
+    several workers sets PROMETHEUS_MULTIPROC_DIR, where each process keeps its values)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()
 
 
 def set_integrity(status: dict[str, Any]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -44,8 +46,27 @@ def _serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     # uvicorn stops on SIGINT/SIGTERM after in-flight requests finish; the lifespan then closes the
     # index and the store, so nothing is left half-written.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30, access_log=False)
+    options = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
+               "timeout_graceful_shutdown": 30, "access_log": False}
+    workers = args.workers or settings.http.workers or os.cpu_count() or 1
+    if workers == 1:
+        uvicorn.run(app, **options)  # type: ignore[arg-type]
+        return 0
+    # Several processes on one socket: Python runs one thread of Python at a time, and a STOW
+    # request's parsing and indexing is Python. The schema is brought up to date once, here.
+    if settings.index.migrate:
+        from dicomgw.index.db import upgrade_sync
+
+        upgrade_sync(settings.index_url)
+    os.environ["DICOMGW_INDEX_MIGRATE"] = "false"
+    # /metrics answers for every process: each keeps its counters in files here (prometheus_client's
+    # multiprocess mode), emptied at each start so that counters begin at zero as with one process
+    metrics_dir = settings.data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
+    uvicorn.run("dicomgw_gateway.app:create_app", factory=True, workers=workers,
+                **options)  # type: ignore[arg-type]
     return 0
 
 
@@ -92,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve the embedded gateway (STOW/QIDO/WADO in one process)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None, help="default: $PORT or 8080")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="HTTP processes (default: $DICOMGW_HTTP_WORKERS, or one per CPU core)")
     serve.set_defaults(func=_serve)
     upload.add_parser(sub)
     smoke.add_parser(sub)

@@ -24,14 +24,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class LocalStore:
     """Objects as files under ``root``; keys are relative paths with '/' separators."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.root / ".tmp"
-        self._tmp.mkdir(exist_ok=True)
+        # this store's temporaries, in a folder named after its process: several server processes
+        # may share the root
+        (self.root / ".tmp").mkdir(exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(dir=self.root / ".tmp", prefix=f"{os.getpid()}-"))
+        self._remove_temporaries_of_dead_processes()
 
     def _path(self, key: str) -> Path:
         if not key or key.startswith("/") or ".." in key.split("/") or key.startswith(".tmp"):
@@ -190,7 +203,14 @@ class LocalStore:
         for key in await asyncio.to_thread(_walk):
             yield key
 
+    def _remove_temporaries_of_dead_processes(self) -> None:
+        """Temporaries left by a crash mid-write were never acknowledged: they go."""
+        for folder in self._tmp.parent.iterdir():
+            pid = folder.name.partition("-")[0]
+            if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+            elif not folder.is_dir():  # a temporary of a version that kept them all in one folder
+                folder.unlink(missing_ok=True)
+
     async def close(self) -> None:
-        # Leftover temporaries come from a crash mid-write; they were never acknowledged.
         await asyncio.to_thread(shutil.rmtree, self._tmp, True)
-        self._tmp.mkdir(exist_ok=True)

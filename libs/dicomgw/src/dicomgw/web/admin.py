@@ -10,12 +10,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from dicomgw.auth import ADMIN
 from dicomgw.errors import BadRequest
-from dicomgw.metrics import set_integrity
+from dicomgw.metrics import exposition, set_integrity
 from dicomgw.partitions import check_name
 from dicomgw.status import integrity_status
 from dicomgw.web.deps import RuntimeDep, dicomweb_root
@@ -56,7 +56,7 @@ async def metrics(runtime: RuntimeDep, request: Request) -> Response:
         await authorize(request, ADMIN)
     if runtime.settings.metrics_integrity:
         set_integrity(await integrity_status(runtime.index, replica_enabled=runtime.replica is not None))
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/admin/status", dependencies=[requires(ADMIN)])

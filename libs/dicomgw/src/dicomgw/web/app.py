@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -12,6 +13,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dicomgw.background import in_one_process
 from dicomgw.config import Settings
 from dicomgw.logs import configure_logging
 from dicomgw.metrics import MetricsMiddleware
@@ -34,7 +36,8 @@ def build_app(
 ) -> FastAPI:
     """One app: routers mounted under the DICOMweb base path, sharing one Runtime.
 
-    ``background`` context managers run beside the app for its lifetime (the embedded worker loop).
+    ``background`` context managers run beside the app for its lifetime (the embedded worker loop, the
+    DIMSE listener), in one process of the server's processes.
     """
 
     @asynccontextmanager
@@ -45,14 +48,11 @@ def build_app(
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32, "dicomgw-io"))
         async with open_runtime(settings, migrate=settings.index.migrate) as runtime:
             app.state.runtime = runtime
-            managers = [runtime.audit.running(), *(make(runtime) for make in background)]
-            for manager in managers:
-                await manager.__aenter__()
-            try:
+            work = (in_one_process(settings.data_dir / "background.lock",
+                                   lambda: [make(runtime) for make in background])
+                    if background else contextlib.nullcontext())
+            async with runtime.audit.running(), work:
                 yield
-            finally:
-                for manager in reversed(managers):
-                    await manager.__aexit__(None, None, None)
 
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
