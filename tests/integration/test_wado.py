@@ -490,3 +490,19 @@ def test_unknown_and_malformed_uids(gateway: Gateway, client: httpx.Client) -> N
     for path in ("/studies/not-a-uid/metadata", "/studies/1.2/series/1..2", "/studies/1.02/rendered",
                  "/studies/1.2/series/1.3/instances/x/frames/1"):
         assert client.get(gateway.url + path).status_code == 400, path
+
+
+def test_whole_study_as_stored_has_an_exact_content_length(gateway: Gateway) -> None:
+    """Originals sent as stored get a Content-Length (no chunked framing); one stored without its
+    preamble is sent with one, and the length still matches the body byte for byte."""
+    study = make_study(1, 3)
+    without_preamble = study[0][132:]  # meta group on, as some PACS send: kept as received
+    body, ct = multipart_related([without_preamble, *study[1:]])
+    assert httpx.post(f"{gateway.url}/studies", content=body, headers={"content-type": ct}).status_code == 200
+    uid = str(_ds(study[1]).StudyInstanceUID)
+    r = httpx.get(f"{gateway.url}/studies/{uid}", headers={"accept": ANY_TS})
+    assert r.status_code == 200
+    assert "chunked" not in r.headers.get("transfer-encoding", "")
+    assert int(r.headers["content-length"]) == len(r.content)
+    parts = [data for _, data in split_multipart(r.content, r.headers["content-type"])]
+    assert sorted(parts) == sorted([b"\0" * 128 + b"DICM" + without_preamble, *study[1:]])

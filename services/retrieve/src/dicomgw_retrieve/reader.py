@@ -59,6 +59,11 @@ def serves_original(record: InstanceRecord, transfer_syntax: str) -> bool:
     return transfer_syntax == "" and (stored == EXPLICIT_VR_LITTLE_ENDIAN or stored in LOSSY)
 
 
+def served_size(record: InstanceRecord) -> int:
+    """Bytes ``original_stream`` sends: the stored object, with a preamble when it had none."""
+    return record.size + (0 if record.layout.get("preamble", True) else len(PART10_PREFIX))
+
+
 async def original_stream(store: ObjectStore, record: InstanceRecord) -> AsyncIterator[bytes]:
     """The original as stored, chunk by chunk, as a PS3.10 file."""
     if not record.layout.get("preamble", True):

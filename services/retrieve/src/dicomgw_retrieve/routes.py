@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections import deque
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -99,10 +101,45 @@ async def _retrieve(request: Request, runtime: RuntimeDep, records: list[Instanc
         return multipart_response([part], "application/dicom")
 
     async def parts() -> AsyncIterator[Part]:
-        for record in records:
-            yield await _instance_part(runtime, record, syntax, _location(base, record), strict=False)
+        # Read ahead: the next originals are read (small ones whole) while this one is being sent,
+        # up to READ_AHEAD_BYTES, so that the network never waits for the disk or the object store.
+        ahead: deque[tuple[int, asyncio.Task[Part]]] = deque()
+        queued = 0
+        pending = iter(records)
+        try:
+            while True:
+                for record in pending:
+                    task = asyncio.create_task(_read_ahead(runtime, record, syntax, base))
+                    ahead.append((record.size, task))
+                    queued += record.size
+                    if queued >= READ_AHEAD_BYTES:
+                        break
+                if not ahead:
+                    return
+                size, task = ahead.popleft()
+                queued -= size
+                yield await task
+        finally:
+            for _, task in ahead:
+                task.cancel()
 
-    return multipart_response(parts(), "application/dicom")
+    sizes = None
+    if all(reader.serves_original(r, syntax) for r in records):
+        sizes = [(_dicom_type(r.transfer_syntax_uid), _location(base, r), reader.served_size(r))
+                 for r in records]
+    return multipart_response(parts(), "application/dicom", sizes=sizes)
+
+
+READ_AHEAD_BYTES = 16 << 20
+# originals up to this size are read whole ahead of sending; larger ones stream
+WHOLE_READ_BYTES = 4 << 20
+
+
+async def _read_ahead(runtime: RuntimeDep, record: InstanceRecord, syntax: str, base: str) -> Part:
+    part = await _instance_part(runtime, record, syntax, _location(base, record), strict=False)
+    if record.size <= WHOLE_READ_BYTES:
+        part.body = once(b"".join([chunk async for chunk in part.body]))
+    return part
 
 
 @router.get("/studies/{study}")

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 from dicomgw.errors import StorageUnavailable
 from dicomgw.storage.base import ObjectInfo, ObjectNotFound
@@ -153,25 +154,36 @@ class LocalStore:
 
         return await asyncio.to_thread(_read)
 
-    async def open_stream(
-        self, key: str, *, start: int = 0, length: int | None = None, chunk_size: int = 1 << 20
-    ) -> AsyncIterator[bytes]:
+    def _open_at(self, key: str, start: int, n: int) -> tuple[BinaryIO, bytes]:
         try:
-            f = await asyncio.to_thread(open, self._path(key), "rb")
+            f = open(self._path(key), "rb")  # closed by open_stream
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
         try:
             if start:
-                await asyncio.to_thread(f.seek, start)
-            remaining = length
-            while remaining is None or remaining > 0:
+                f.seek(start)
+            return f, f.read(n)
+        except BaseException:
+            f.close()
+            raise
+
+    async def open_stream(
+        self, key: str, *, start: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        # Opening and the first read share one hop to a thread: most originals fit one chunk, and a
+        # whole-study retrieve spent more time hopping than reading.
+        first = chunk_size if length is None else min(chunk_size, length)
+        f, chunk = await asyncio.to_thread(self._open_at, key, start, first)
+        try:
+            remaining = None if length is None else length - len(chunk)
+            while chunk:
+                yield chunk
+                if len(chunk) < first or remaining == 0:
+                    break  # a short read is the end of the file
                 n = chunk_size if remaining is None else min(chunk_size, remaining)
                 chunk = await asyncio.to_thread(f.read, n)
-                if not chunk:
-                    break
                 if remaining is not None:
                     remaining -= len(chunk)
-                yield chunk
         finally:
             f.close()
 

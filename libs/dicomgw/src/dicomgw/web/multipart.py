@@ -29,28 +29,49 @@ async def _aiter(parts: AsyncIterable[Part] | Iterable[Part]) -> AsyncIterator[P
             yield part
 
 
+def _head(content_type: str, location: str | None, boundary: str, first: bool) -> bytes:
+    headers = f"Content-Type: {content_type}\r\n"
+    if location:
+        headers += f"Content-Location: {location}\r\n"
+    return ("" if first else "\r\n").encode() + f"--{boundary}\r\n{headers}\r\n".encode()
+
+
+def _close(boundary: str, first: bool) -> bytes:
+    return ("" if first else "\r\n").encode() + f"--{boundary}--\r\n".encode()
+
+
 async def encode_parts(parts: AsyncIterable[Part] | Iterable[Part],
                        boundary: str) -> AsyncIterator[bytes]:
     """The body of a multipart/related message (RFC 2387) with ``boundary``, part by part."""
     first = True
     async for part in _aiter(parts):
-        headers = f"Content-Type: {part.content_type}\r\n"
-        if part.location:
-            headers += f"Content-Location: {part.location}\r\n"
-        yield ("" if first else "\r\n").encode() + f"--{boundary}\r\n{headers}\r\n".encode()
+        yield _head(part.content_type, part.location, boundary, first)
         first = False
         async for chunk in part.body:
             yield chunk
-    yield ("" if first else "\r\n").encode() + f"--{boundary}--\r\n".encode()
+    yield _close(boundary, first)
 
 
 def multipart_response(parts: AsyncIterable[Part] | Iterable[Part], part_type: str,
-                       *, transfer_syntax: str | None = None) -> StreamingResponse:
-    """multipart/related; type="<part_type>" response streaming ``parts`` in order."""
+                       *, transfer_syntax: str | None = None,
+                       sizes: Iterable[tuple[str, str | None, int]] | None = None) -> StreamingResponse:
+    """multipart/related; type="<part_type>" response streaming ``parts`` in order.
+
+    ``sizes`` (each part's Content-Type, Content-Location and body length, when all are known
+    beforehand) gives the response a Content-Length: the body then goes out as it is, where chunked
+    transfer coding copied every chunk once more to frame it.
+    """
     boundary = new_boundary()
     syntax = f"; transfer-syntax={transfer_syntax}" if transfer_syntax else ""
     media = f'multipart/related; type="{part_type}"{syntax}; boundary={boundary}'
-    return StreamingResponse(encode_parts(parts, boundary), media_type=media)
+    headers = None
+    if sizes is not None:
+        first, length = True, 0
+        for content_type, location, size in sizes:
+            length += len(_head(content_type, location, boundary, first)) + size
+            first = False
+        headers = {"content-length": str(length + len(_close(boundary, first)))}
+    return StreamingResponse(encode_parts(parts, boundary), media_type=media, headers=headers)
 
 
 async def once(data: bytes) -> AsyncIterator[bytes]:
