@@ -162,3 +162,19 @@ async def test_unreachable_s3_is_storage_unavailable() -> None:
             await store.read("anything")
     finally:
         await store.close()
+
+
+async def test_put_files_stores_each_and_reports_each_outcome(store: ObjectStore, tmp_path: Path) -> None:
+    from dicomgw.storage import FileToStore
+
+    files = []
+    for i, data in enumerate([b"first" * 1000, b"second", b"third" * 70000]):
+        path, digest = _file(tmp_path, data, f"f{i}.bin")
+        files.append(FileToStore(f"batch/{i}/x.dcm", path, digest, len(data)))
+    bad_path, _ = _file(tmp_path, b"tampered", "bad.bin")
+    files.insert(1, FileToStore("batch/bad/x.dcm", bad_path, hashlib.sha256(b"other").digest(), 8))
+    outcomes = await store.put_files(files)  # not hashed by the caller: the store checks every digest
+    assert [type(o) for o in outcomes] == [type(None), StorageUnavailable, type(None), type(None)]
+    assert await store.read("batch/0/x.dcm") == b"first" * 1000
+    assert await store.read("batch/2/x.dcm") == b"third" * 70000
+    assert not await store.exists("batch/bad/x.dcm")

@@ -59,3 +59,25 @@ async def test_unacknowledged_temporaries_of_dead_processes_go_and_live_ones_sta
     await store.close()
     assert (other._tmp / "in-flight.part").exists()
     assert await store.read("k") == b"v"
+
+
+async def test_every_folder_a_new_object_changes_is_fsynced_once_per_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new study folder's entry in its parent is as durable as the file (a crash must not lose the
+    folder and with it the acknowledged file); a batch fsyncs each changed folder once."""
+    from dicomgw.storage import FileToStore, local
+
+    synced: list[Path] = []
+    monkeypatch.setattr(local, "_fsync_dir", lambda p: synced.append(Path(p)))
+    store = LocalStore(tmp_path / "root")
+    files = []
+    for i in range(3):
+        src = tmp_path / f"{i}.part"
+        src.write_bytes(b"x%d" % i)
+        files.append(FileToStore(f"originals/st/se/sop{i}/h.dcm", src,
+                                 hashlib.sha256(b"x%d" % i).digest(), 2))
+    assert await store.put_files(files, hashed=True) == [None, None, None]
+    root = store.root
+    expected = {root, root / "originals", root / "originals/st", root / "originals/st/se",
+                *(root / f"originals/st/se/sop{i}" for i in range(3))}
+    assert sorted(synced) == sorted(expected)  # each once

@@ -1,6 +1,6 @@
 """Storing originals: parse, check, store and index received instances (STOW-RS and DIMSE alike).
 
-Each part is parsed and PUT as soon as it has arrived (a bounded number at once) while the rest of the
+Parts are parsed and stored a batch at a time as soon as the batch has arrived, while the rest of the
 body streams in; the index rows of every stored part are committed in one transaction at the end, and
 only then is anything reported in ReferencedSOPSequence (acknowledged means durable).
 """
@@ -19,14 +19,13 @@ from dicomgw.errors import (
     DuplicateInstance,
     InstanceRejected,
     OutOfResources,
-    StorageUnavailable,
     StudyInstanceUIDMismatch,
 )
 from dicomgw.index.repository import DEFAULT, StoredObject
 from dicomgw.metrics import STOW_BYTES, STOW_INSTANCES
 from dicomgw.multipart import SpooledPart, parse_media_type
 from dicomgw.runtime import Runtime
-from dicomgw.storage import original_key
+from dicomgw.storage import FileToStore, original_key
 
 log = logging.getLogger("dicomgw.ingest")
 
@@ -64,55 +63,15 @@ class StowOutcome:
         return 202 if self.succeeded else 409
 
 
-class KnownDigests:
-    """The duplicate look-ups of one request: none for a study the index does not hold yet, and the
-    others batched (parts that ask while a query is out share the next one).
-
-    A look-up per part cost a database round trip and a pooled connection each; with many parts in
-    flight they queued for connections longer than the parts took to parse and store. A new study
-    (what a PACS forwards all day) cannot hold a duplicate; an instance whose UID is indexed under
-    another study is still caught by the index commit, which refuses it and removes its object.
-    """
-
-    def __init__(self, runtime: Runtime, partition: str) -> None:
-        self.runtime = runtime
-        self.partition = partition
-        self._studies: dict[str, asyncio.Task[bool]] = {}
-        self._waiting: dict[str, list[asyncio.Future[bytes | None]]] = {}
-        self._drain: asyncio.Task[None] | None = None
-
-    async def sha256(self, study_uid: str, sop_uid: str) -> bytes | None:
-        """SHA-256 of the indexed original of ``sop_uid`` in the partition, or None."""
-        if study_uid not in self._studies:
-            self._studies[study_uid] = asyncio.create_task(
-                self.runtime.index.has_study(study_uid, self.partition))
-        if not await self._studies[study_uid]:
-            return None
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(sop_uid, []).append(future)
-        if self._drain is None or self._drain.done():
-            self._drain = asyncio.create_task(self._answer())
-        return await future
-
-    async def _answer(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, {}
-            try:
-                known = await self.runtime.index.known_sha256(list(batch), self.partition)
-            except Exception as exc:
-                for futures in batch.values():
-                    for f in futures:
-                        if not f.done():
-                            f.set_exception(exc)
-                continue
-            for uid, futures in batch.items():
-                for f in futures:
-                    if not f.done():
-                        f.set_result(known.get(uid))
+# a batch closes at this many parts or bytes (or at the end of the body)
+BATCH_PARTS = 16
+BATCH_BYTES = 32 << 20
+# batches of one request being parsed and stored at once, while the body streams in
+BATCHES_IN_FLIGHT = 2
 
 
-async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None,
-                      partition: str, digests: KnownDigests) -> PartResult:
+def _check(part: SpooledPart, study_uid: str | None) -> tuple[PartResult, ParsedInstance | None]:
+    """Parse one spooled part and check what can be checked without the index (runs in a thread)."""
     result = PartResult(index=part.index)
     try:
         media = parse_media_type(part.content_type or "application/dicom")[0]
@@ -120,7 +79,7 @@ async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None
             raise CannotUnderstand(f"part {part.index} has Content-Type {media}, not application/dicom")
         if part.size == 0:
             raise CannotUnderstand(f"part {part.index} is empty")
-        parsed: ParsedInstance = await asyncio.to_thread(parse_instance, part.path)
+        parsed = parse_instance(part.path)
         result.sop_class_uid = parsed.sop_class_uid
         result.sop_instance_uid = parsed.sop_instance_uid
         result.study_instance_uid = parsed.study_instance_uid
@@ -129,55 +88,93 @@ async def _store_part(runtime: Runtime, part: SpooledPart, study_uid: str | None
             raise StudyInstanceUIDMismatch(
                 f"part {part.index} belongs to another study than the request URL names"
             )
-        known = await digests.sha256(parsed.study_instance_uid, parsed.sop_instance_uid)
-        if known is not None:
-            if known != part.sha256:
-                raise DuplicateInstance("an instance with this SOP Instance UID and other content "
-                                        "is stored already")
-            result.already_present = True
-            return result
-        key = original_key(parsed.study_instance_uid, parsed.series_instance_uid,
-                           parsed.sop_instance_uid, part.sha256.hex(), partition)
-        await runtime.store.put_file(key, part.path, sha256=part.sha256, size=part.size, hashed=True)
-        result.stored = StoredObject(parsed=parsed, object_key=key, size=part.size, sha256=part.sha256)
+        return result, parsed
     except InstanceRejected as exc:
         log.info("part %d refused (0x%04X): %s", part.index, exc.failure_reason, exc.detail)
         result.error = exc
-    except StorageUnavailable as exc:
-        result.error = OutOfResources(exc.detail)
     except OSError as exc:
-        log.warning("part could not be stored: %s", exc.strerror)
-        result.error = OutOfResources("the gateway could not write the instance")
+        log.warning("part could not be read: %s", exc.strerror)
+        result.error = OutOfResources("the gateway could not read the instance")
+    return result, None
+
+
+async def _store_batch(runtime: Runtime, parts: list[SpooledPart], study_uid: str | None,
+                       partition: str) -> list[PartResult]:
+    """Parse, de-duplicate and store a batch of parts: one hop to a thread to parse them all, one
+    index look-up for all their UIDs, one call to the store for all the new ones.
+
+    Per part, the hops to threads and the look-ups cost more than the work itself (a futex storm of
+    threads handing the interpreter lock to each other, and a queue for pooled connections).
+    """
+    try:
+        checked = await asyncio.to_thread(lambda: [_check(p, study_uid) for p in parts])
+        valid = [(part, result, parsed) for part, (result, parsed) in zip(parts, checked, strict=True)
+                 if parsed is not None]
+        known = await runtime.index.known_sha256(
+            sorted({parsed.sop_instance_uid for _, _, parsed in valid}), partition)
+        new: list[tuple[SpooledPart, PartResult, ParsedInstance, str]] = []
+        for part, result, parsed in valid:
+            digest = known.get(parsed.sop_instance_uid)
+            if digest is None:
+                new.append((part, result, parsed, original_key(
+                    parsed.study_instance_uid, parsed.series_instance_uid, parsed.sop_instance_uid,
+                    part.sha256.hex(), partition)))
+            elif digest == part.sha256:
+                result.already_present = True
+            else:
+                result.error = DuplicateInstance("an instance with this SOP Instance UID and other "
+                                                 "content is stored already")
+        outcomes = await runtime.store.put_files(
+            [FileToStore(key, part.path, part.sha256, part.size) for part, _, _, key in new],
+            hashed=True)  # the spooler hashed each part as it wrote it
+        for (part, result, parsed, key), error in zip(new, outcomes, strict=True):
+            if error is None:
+                result.stored = StoredObject(parsed=parsed, object_key=key, size=part.size,
+                                             sha256=part.sha256)
+            else:
+                log.warning("part could not be stored: %s", error)
+                result.error = OutOfResources("the gateway could not write the instance")
+        return [result for result, _ in checked]
     finally:
-        part.discard()
-    return result
+        for part in parts:
+            part.discard()
 
 
 async def store_parts(
     runtime: Runtime, parts: AsyncIterator[SpooledPart], study_uid: str | None,
     partition: str = DEFAULT,
 ) -> StowOutcome:
-    """Store every part into ``partition``, then index the stored ones in one transaction."""
-    limit = asyncio.Semaphore(runtime.settings.storage.max_concurrency)
-    tasks: list[asyncio.Task[PartResult]] = []
-    digests = KnownDigests(runtime, partition)
+    """Store every part into ``partition``, then index the stored ones in one transaction.
 
-    async def bounded(part: SpooledPart) -> PartResult:
-        async with limit:
-            return await _store_part(runtime, part, study_uid, partition, digests)
+    Parts are stored a batch at a time (``BATCH_PARTS`` or ``BATCH_BYTES``) while the rest of the body
+    streams in, at most ``BATCHES_IN_FLIGHT`` at once: back-pressure keeps the spool folder small.
+    """
+    tasks: list[asyncio.Task[list[PartResult]]] = []
+    batch: list[SpooledPart] = []
+    size = 0
+
+    async def submit() -> None:
+        nonlocal batch, size
+        while sum(not t.done() for t in tasks) >= BATCHES_IN_FLIGHT:
+            await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
+        tasks.append(asyncio.create_task(_store_batch(runtime, batch, study_uid, partition)))
+        batch, size = [], 0
 
     try:
         async for part in parts:
-            # Wait for a slot before reading further: back-pressure keeps the spool folder small.
-            while sum(not t.done() for t in tasks) >= runtime.settings.storage.max_concurrency:
-                await asyncio.wait([t for t in tasks if not t.done()],
-                                   return_when=asyncio.FIRST_COMPLETED)
-            tasks.append(asyncio.create_task(bounded(part)))
-        results = list(await asyncio.gather(*tasks))
+            batch.append(part)
+            size += part.size
+            if len(batch) >= BATCH_PARTS or size >= BATCH_BYTES:
+                await submit()
+        if batch:
+            await submit()
+        results = [r for done in await asyncio.gather(*tasks) for r in done]
     except BaseException:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for part in batch:
+            part.discard()
         raise
 
     stored = [r for r in results if r.stored is not None]

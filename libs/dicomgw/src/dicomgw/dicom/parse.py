@@ -9,6 +9,7 @@ sits in the file (so a frame is one ranged read).
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import struct
@@ -30,6 +31,8 @@ from dicomgw.errors import CannotUnderstand, SOPClassNotSupported, TransferSynta
 # Placeholder at the start of every stored BulkDataURI; retrieval swaps in the request's base URL.
 BULK_BASE = "@@BASE@@"
 DEFER_BYTES = 1024
+# files up to this size are parsed from memory (parse_instance)
+IN_MEMORY_BYTES = 4 << 20
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 PIXEL_DATA = 0x7FE00010
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
@@ -234,7 +237,11 @@ def parse_instance(path: Path) -> ParsedInstance:
     """Parse the PS3.10 file at ``path``; raise an InstanceRejected subclass if it is not acceptable."""
     path = Path(path)
     file_size = path.stat().st_size
-    with open(path, "rb") as fp:
+    # A file of a few MB (nearly every CT, MR or PET slice) is parsed from memory: pydicom's many
+    # small reads, seeks and tells on a file were each a system call that let go of the interpreter
+    # lock, and taking it back made the threads of a busy STOW storm on futexes.
+    source = io.BytesIO(path.read_bytes()) if file_size <= IN_MEMORY_BYTES else open(path, "rb")
+    with source as fp:
         preamble = fp.read(132)
         has_preamble = len(preamble) == 132 and preamble[128:132] == b"DICM"
         # Some writers (pydicom's dcmwrite of an in-memory dataset, so dicomweb-client) send the File
@@ -244,12 +251,9 @@ def parse_instance(path: Path) -> ParsedInstance:
                      and preamble[4:6] in (b"UL", b"OB", b"UI"))
         if not (has_preamble or bare_meta):
             raise CannotUnderstand("not a DICOM PS3.10 file (no DICM prefix or File Meta Information)")
-        fp.seek(0)
+        fp.seek(132 if has_preamble else 0)
         try:
-            if has_preamble:
-                meta = pydicom.filereader.read_file_meta_info(path)
-            else:
-                meta = pydicom.filereader._read_file_meta_info(fp)
+            meta = pydicom.filereader._read_file_meta_info(fp)
             ts_probe = meta.get("TransferSyntaxUID")
         except Exception as exc:
             raise CannotUnderstand(f"unreadable File Meta Information: {exc}") from exc

@@ -86,19 +86,10 @@ class IndexRepository:
         self._known = select(instances.c.sop_instance_uid, instances.c.sha256).where(
             instances.c.partition_name == bindparam("partition"),
             instances.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
-        self._has_study = select(STUDIES.c.study_instance_uid).where(
-            STUDIES.c.partition_name == bindparam("partition"),
-            STUDIES.c.study_instance_uid == bindparam("study"))
         # SQLite has one writer: requests of this process take turns here rather than in SQLite's
         # busy handler, which sleeps up to 100 ms between tries
         self._writer: contextlib.AbstractAsyncContextManager[object] = (
             asyncio.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext())
-
-    async def has_study(self, study_uid: str, partition: str = DEFAULT) -> bool:
-        """Whether the partition holds the study (any instance of it)."""
-        async with self.engine.connect() as connection:
-            row = await connection.execute(self._has_study, {"partition": partition, "study": study_uid})
-            return row.first() is not None
 
     async def known_sha256(self, sop_uids: Sequence[str], partition: str = DEFAULT) -> dict[str, bytes]:
         """SHA-256 of the indexed original of each SOP Instance UID indexed already in the partition."""

@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from dicomgw.config import StorageSettings
-from dicomgw.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, original_key, partition_prefix
+from dicomgw.storage.base import (
+    FileToStore,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    original_key,
+    partition_prefix,
+)
 
-__all__ = ["ObjectInfo", "ObjectNotFound", "ObjectStore", "open_store", "original_key", "partition_prefix"]
+__all__ = ["FileToStore", "ObjectInfo", "ObjectNotFound", "ObjectStore", "open_store", "original_key",
+           "partition_prefix"]
 
 
 async def open_store(storage: StorageSettings, local_path: Path) -> ObjectStore:

@@ -8,10 +8,20 @@ than ``default`` live under ``partitions/{name}/originals/...``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class FileToStore:
+    """One file for ``put_files``: what ``put_file`` takes."""
+
+    key: str
+    path: Path
+    sha256: bytes
+    size: int
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,16 @@ class ObjectStore(Protocol):
         local adapter hashes what it wrote). ``hashed`` says the caller computed ``sha256`` from
         these very bytes as it wrote the file (the STOW spooler does), so a store that can adopt the
         file without copying it need not read it again. The caller's file may be moved or consumed.
+        """
+        ...
+
+    async def put_files(self, files: Sequence[FileToStore], *,
+                        hashed: bool = False) -> list[Exception | None]:
+        """Store several files as ``put_file`` does each, at once where the store can.
+
+        One outcome per file, in order: None once it is durable, else the error
+        (StorageUnavailable) that ``put_file`` would have raised. A STOW request's parts are stored
+        a batch at a time: one hop to a thread for a local folder, concurrent PUTs for S3.
         """
         ...
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from dicomgw.errors import StorageUnavailable
-from dicomgw.storage.base import ObjectInfo, ObjectNotFound
+from dicomgw.storage.base import FileToStore, ObjectInfo, ObjectNotFound
 
 _COPY_CHUNK = 1 << 20
 
@@ -46,6 +47,7 @@ class LocalStore:
         (self.root / ".tmp").mkdir(exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(dir=self.root / ".tmp", prefix=f"{os.getpid()}-"))
         self._remove_temporaries_of_dead_processes()
+        self._device = os.stat(self.root).st_dev
 
     def _path(self, key: str) -> Path:
         if not key or key.startswith("/") or ".." in key.split("/") or key.startswith(".tmp"):
@@ -53,12 +55,33 @@ class LocalStore:
         return self.root / key
 
     # -- writing ---------------------------------------------------------------------------------
-    def _install(self, tmp: Path, dest: Path) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+    def _make_parent(self, dest: Path, dirty: set[Path]) -> None:
+        """Create ``dest``'s folder; every folder whose entries changed is added to ``dirty``."""
+        missing = []
+        folder = dest.parent
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for new in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # a concurrent writer made it: fsync it all the same
+                new.mkdir()
+            dirty.add(new.parent)  # the new folder's entry in its parent
+        dirty.add(dest.parent)  # the file's entry, renamed in next
 
-    def _adopt(self, path: Path, dest: Path, sha256: bytes, size: int, hashed: bool) -> bool:
+    def _install(self, tmp: Path, dest: Path, dirty: set[Path] | None = None) -> None:
+        """Rename ``tmp`` to ``dest``; the folders' entries are fsynced now, or by the caller that
+        passes ``dirty`` (a batch fsyncs each folder once, after all its renames)."""
+        changed: set[Path] = set()
+        self._make_parent(dest, changed)
+        os.replace(tmp, dest)
+        if dirty is None:
+            for folder in changed:
+                _fsync_dir(folder)
+        else:
+            dirty.update(changed)
+
+    def _adopt(self, path: Path, dest: Path, sha256: bytes, size: int, hashed: bool,
+               dirty: set[Path] | None = None) -> bool:
         """Move a caller's file into place when it is on our filesystem: no second copy.
 
         Unless the caller hashed the bytes as it wrote them, they are hashed again here (reading is
@@ -66,7 +89,7 @@ class LocalStore:
         never exposes unwritten or unexpected data.
         """
         try:
-            if os.stat(path).st_dev != os.stat(self.root).st_dev:
+            if os.stat(path).st_dev != self._device:
                 return False
             with open(path, "rb+") as f:
                 if os.fstat(f.fileno()).st_size != size:
@@ -80,12 +103,13 @@ class LocalStore:
                 os.fsync(f.fileno())
         except FileNotFoundError:
             return False
-        self._install(path, dest)
+        self._install(path, dest, dirty)
         return True
 
-    def _put_file_sync(self, key: str, path: Path, sha256: bytes, size: int, hashed: bool) -> None:
+    def _put_file_sync(self, key: str, path: Path, sha256: bytes, size: int, hashed: bool,
+                       dirty: set[Path] | None = None) -> None:
         dest = self._path(key)
-        if self._adopt(path, dest, sha256, size, hashed):
+        if self._adopt(path, dest, sha256, size, hashed, dirty):
             return
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
         tmp = Path(tmp_name)
@@ -101,10 +125,35 @@ class LocalStore:
                 os.fsync(out.fileno())
             if written != size or digest.digest() != sha256:
                 raise StorageUnavailable(f"checksum mismatch writing {key}")
-            self._install(tmp, dest)
+            self._install(tmp, dest, dirty)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _put_files_sync(self, files: Sequence[FileToStore], hashed: bool) -> list[Exception | None]:
+        outcomes: list[Exception | None] = []
+        dirty: set[Path] = set()
+        for f in files:
+            try:
+                self._put_file_sync(f.key, Path(f.path), f.sha256, f.size, hashed, dirty)
+                outcomes.append(None)
+            except OSError as exc:
+                outcomes.append(StorageUnavailable(f"local store write failed: {exc.strerror}"))
+            except StorageUnavailable as exc:
+                outcomes.append(exc)
+        # Each folder once, after all the renames into it: a batch's files share their series'
+        # folder, and on ext4 the first fsync commits the journal for all the others.
+        try:
+            for folder in dirty:
+                _fsync_dir(folder)
+        except OSError as exc:
+            failed = StorageUnavailable(f"local store write failed: {exc.strerror}")
+            return [failed if o is None else o for o in outcomes]
+        return outcomes
+
+    async def put_files(self, files: Sequence[FileToStore], *,
+                        hashed: bool = False) -> list[Exception | None]:
+        return await asyncio.to_thread(self._put_files_sync, files, hashed)
 
     async def put_file(self, key: str, path: Path, *, sha256: bytes, size: int,
                        hashed: bool = False) -> None:

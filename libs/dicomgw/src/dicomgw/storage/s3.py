@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from dicomgw.config import StorageSettings
 from dicomgw.errors import StorageUnavailable
-from dicomgw.storage.base import ObjectInfo, ObjectNotFound
+from dicomgw.storage.base import FileToStore, ObjectInfo, ObjectNotFound
 
 # A single PUT holds at most this much in memory; larger files go part by part (S3 minimum: 5 MiB)
 PART_SIZE = 8 * 1024 * 1024
@@ -37,13 +37,21 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _as_store_error(exc: Exception) -> Exception:
+    if isinstance(exc, OSError):
+        return StorageUnavailable(f"reading a file to store failed: {exc.strerror}")
+    return exc
+
+
 class S3Store:
     """Objects in one bucket; keys are used as they are."""
 
-    def __init__(self, client: Any, bucket: str, stack: AsyncExitStack) -> None:
+    def __init__(self, client: Any, bucket: str, stack: AsyncExitStack, max_concurrency: int = 8) -> None:
         self._client = client
         self.bucket = bucket
         self._stack = stack
+        # PUTs at once in put_files
+        self.max_concurrency = max_concurrency
 
     @classmethod
     async def open(cls, settings: StorageSettings) -> S3Store:
@@ -58,7 +66,7 @@ class S3Store:
             aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key,
             config=config,
         ))
-        store = cls(client, settings.bucket, stack)
+        store = cls(client, settings.bucket, stack, settings.max_concurrency)
         if settings.create_bucket:
             await store._ensure_bucket()
         return store
@@ -102,6 +110,20 @@ class S3Store:
                              ChecksumSHA256=_b64(sha256), ContentType="application/dicom")
             return
         await self._multipart(key, Path(path), sha256, size)
+
+    async def put_files(self, files: Sequence[FileToStore], *,
+                        hashed: bool = False) -> list[Exception | None]:
+        limit = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(f: FileToStore) -> None:
+            async with limit:
+                await self.put_file(f.key, f.path, sha256=f.sha256, size=f.size, hashed=hashed)
+
+        outcomes = await asyncio.gather(*(one(f) for f in files), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancelled: not an outcome of one file
+        return [_as_store_error(o) if isinstance(o, Exception) else None for o in outcomes]
 
     async def _multipart(self, key: str, path: Path, sha256: bytes, size: int) -> None:
         upload = await self._call("create_multipart_upload", Bucket=self.bucket, Key=key,
