@@ -65,9 +65,13 @@ def _serve(args: argparse.Namespace) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
-    uvicorn.run("dicomgw_gateway.app:create_app", factory=True, workers=workers,
-                **options)  # type: ignore[arg-type]
-    return 0
+    # This process becomes uvicorn's supervisor, which needs none of what this command imported
+    # (130 MB): exec'd, it keeps its pid (signals reach it) and only the workers load the app.
+    os.execv(sys.executable, [
+        sys.executable, "-m", "uvicorn", "dicomgw_gateway.app:create_app", "--factory",
+        "--workers", str(workers), "--host", settings.host, "--port", str(settings.port),
+        "--log-level", settings.log_level.lower(), "--timeout-graceful-shutdown", "30",
+        "--no-access-log"])
 
 
 def _verify(args: argparse.Namespace) -> int:
