@@ -82,6 +82,12 @@ class Study(Base):
     patient_sex: Mapped[str | None] = mapped_column(String(16))
     # DICOM JSON members (no braces) of the study- and patient-level attributes of the first instance
     attributes_json: Mapped[str] = mapped_column(Text, default="")
+    # what QIDO-RS computes for a study (NumberOfStudyRelatedSeries/Instances, ModalitiesInStudy,
+    # SOPClassesInStudy: sorted, backslash-separated), kept up to date by every index commit
+    num_series: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    num_instances: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    modalities: Mapped[str] = mapped_column(Text, default="", server_default="")
+    sop_classes: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), index=True
@@ -113,6 +119,8 @@ class Series(Base):
     performed_procedure_step_start_date: Mapped[str | None] = mapped_column(String(8))
     performed_procedure_step_start_time: Mapped[str | None] = mapped_column(String(16))
     attributes_json: Mapped[str] = mapped_column(Text, default="")
+    # NumberOfSeriesRelatedInstances, kept up to date by every index commit
+    num_instances: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from sqlalchemy import ColumnElement, Select, and_, distinct, func, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -470,18 +469,13 @@ async def search(session: AsyncSession, query: Query, *,
             query.warnings.append(TRUNCATED)
     if not rows:
         return []
-    studies = await _study_aggregates(session, query, {r[-1].study_instance_uid for r in rows})
-    series_counts: dict[str, int] = {}
-    if query.level != "study" and query.wants(_SERIES_COUNT):
-        series_counts = await _series_counts(session, query.partition,
-                                             {r[0 if query.level == "series" else 1]
-                                              .series_instance_uid for r in rows})
+    classes_wanted = query.wants(_SOP_CLASSES_IN_STUDY)
     results = []
     for row in rows:
-        attrs = _study_attrs(row[-1], studies)
+        attrs = _study_attrs(row[-1], classes_wanted)
         if query.level != "study":
             series: Series = row[0] if query.level == "series" else row[1]
-            attrs.update(_series_attrs(series, series_counts))
+            attrs.update(_series_attrs(series))
         if query.level == "instance":
             attrs.update(_instance_attrs(row[0]))
         results.append(_select(query, attrs))
@@ -495,72 +489,30 @@ def _select(query: Query, available: dict[str, Any]) -> dict[str, Any]:
     return {tag: available[tag] for tag in sorted(wanted) if tag in available}
 
 
-async def _study_aggregates(session: AsyncSession, query: Query,
-                            uids: set[str]) -> dict[str, dict[str, Any]]:
-    """Computed study attributes of every study of the page, one grouped query per attribute."""
-    if not any(query.wants(tag) for tag in _STUDY_COMPUTED):
-        return {}
-    wanted = list(uids)
-    out: dict[str, dict[str, Any]] = defaultdict(dict)
-    counts = await session.execute(
-        select(Instance.study_instance_uid, func.count(distinct(Instance.series_instance_uid)),
-               func.count()).where(Instance.partition_name == query.partition,
-                                   Instance.study_instance_uid.in_(wanted))
-        .group_by(Instance.study_instance_uid))
-    for uid, n_series, n_instances in counts.all():
-        out[uid]["00201206"] = _element("NumberOfStudyRelatedSeries", n_series)
-        out[uid]["00201208"] = _element("NumberOfStudyRelatedInstances", n_instances)
-    modalities = await _grouped_values(session, Series, Series.study_instance_uid, Series.modality,
-                                       query.partition, wanted)
-    classes = (await _grouped_values(session, Instance, Instance.study_instance_uid,
-                                     Instance.sop_class_uid, query.partition, wanted)
-               if query.wants(_SOP_CLASSES_IN_STUDY) else None)
-    for uid in wanted:
-        # A study none of whose instances names a Modality (a Type 1 attribute, missing in real-world
-        # files) has no Modalities in Study to report: the attribute is left out rather than sent empty,
-        # because OHIF's study list (getModalities) fails on an empty ModalitiesInStudy and then lists
-        # nothing at all ("Data Source Connection Error"). See docs/conformance.md.
-        if modalities.get(uid):
-            out[uid]["00080061"] = _element("ModalitiesInStudy", modalities[uid])
-        if classes is not None:
-            out[uid][_SOP_CLASSES_IN_STUDY] = _element("SOPClassesInStudy", classes.get(uid))
-    return out
-
-
-async def _grouped_values(session: AsyncSession, table: Any, key: Any, column: Any, partition: str,
-                          uids: list[str]) -> dict[str, list[str]]:
-    """The distinct values of ``column`` per ``key`` (sorted), for the given keys, in one query."""
-    grouped: dict[str, list[str]] = defaultdict(list)
-    rows = await session.execute(select(key, column).where(table.partition_name == partition,
-                                                           key.in_(uids), column.is_not(None))
-                                 .distinct().order_by(key, column))
-    for uid, value in rows.all():
-        grouped[uid].append(value)
-    return grouped
-
-
-async def _series_counts(session: AsyncSession, partition: str, uids: set[str]) -> dict[str, int]:
-    rows = await session.execute(
-        select(Instance.series_instance_uid, func.count())
-        .where(Instance.partition_name == partition, Instance.series_instance_uid.in_(list(uids)))
-        .group_by(Instance.series_instance_uid))
-    return {uid: count for uid, count in rows.all()}
-
-
-def _study_attrs(study: Study, aggregates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _study_attrs(study: Study, classes_wanted: bool) -> dict[str, Any]:
+    """The study's attributes, those QIDO-RS computes included (kept on the row by each commit)."""
     attrs = _members(study.attributes_json)
     attrs["0020000D"] = _element("StudyInstanceUID", study.study_instance_uid)
     attrs["00080056"] = _element("InstanceAvailability", "ONLINE")
-    attrs.update(aggregates.get(study.study_instance_uid, {}))
+    attrs["00201206"] = _element("NumberOfStudyRelatedSeries", study.num_series)
+    attrs["00201208"] = _element("NumberOfStudyRelatedInstances", study.num_instances)
+    # A study none of whose instances names a Modality (a Type 1 attribute, missing in real-world
+    # files) has no Modalities in Study to report: the attribute is left out rather than sent empty,
+    # because OHIF's study list (getModalities) fails on an empty ModalitiesInStudy and then lists
+    # nothing at all ("Data Source Connection Error"). See docs/conformance.md.
+    if study.modalities:
+        attrs["00080061"] = _element("ModalitiesInStudy", study.modalities.split("\\"))
+    if classes_wanted:
+        attrs[_SOP_CLASSES_IN_STUDY] = _element(
+            "SOPClassesInStudy", study.sop_classes.split("\\") if study.sop_classes else None)
     return attrs
 
 
-def _series_attrs(series: Series, counts: dict[str, int]) -> dict[str, Any]:
+def _series_attrs(series: Series) -> dict[str, Any]:
     attrs = _members(series.attributes_json)
     attrs["0020000D"] = _element("StudyInstanceUID", series.study_instance_uid)
     attrs["0020000E"] = _element("SeriesInstanceUID", series.series_instance_uid)
-    attrs[_SERIES_COUNT] = _element("NumberOfSeriesRelatedInstances",
-                                    counts.get(series.series_instance_uid, 0))
+    attrs[_SERIES_COUNT] = _element("NumberOfSeriesRelatedInstances", series.num_instances)
     return attrs
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, bindparam, distinct, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -135,6 +135,8 @@ class IndexRepository:
                     for uid in first if uid in inserted for task in self.new_work]
             if work:
                 await session.execute(ins(OUTBOX).on_conflict_do_nothing(), work)
+            await self._refresh_aggregates(session, partition, sorted(
+                {obj.parsed.study_instance_uid for uid, obj in first.items() if uid in inserted}))
             existing = {}
             others = [obj.parsed.sop_instance_uid for obj in objects
                       if obj.parsed.sop_instance_uid not in inserted
@@ -153,6 +155,51 @@ class IndexRepository:
             sha, key = existing[uid]
             outcomes.append(CommitOutcome(uid, "present" if sha == obj.sha256 else "conflict", key))
         return outcomes
+
+    async def _refresh_aggregates(self, session: AsyncSession, partition: str,
+                                  study_uids: list[str]) -> None:
+        """Recount what QIDO-RS reports of the studies that got instances, and of their series.
+
+        The study rows are locked first (PostgreSQL; SQLite has a single writer anyway), so that two
+        requests adding to one study count each other's instances instead of overwriting them.
+        """
+        if not study_uids:
+            return
+        st, se, inst = STUDIES.c, SERIES.c, INSTANCES.c
+        await session.execute(select(st.study_instance_uid).where(
+            st.partition_name == partition, st.study_instance_uid.in_(study_uids))
+            .order_by(st.study_instance_uid).with_for_update())
+        counts = (await session.execute(
+            select(inst.study_instance_uid, func.count(distinct(inst.series_instance_uid)), func.count())
+            .where(inst.partition_name == partition, inst.study_instance_uid.in_(study_uids))
+            .group_by(inst.study_instance_uid))).all()
+        values: dict[str, dict[str, set[str]]] = {u: {"m": set(), "c": set()} for u in study_uids}
+        for study, modality in (await session.execute(
+                select(se.study_instance_uid, se.modality).distinct().where(
+                    se.partition_name == partition, se.study_instance_uid.in_(study_uids),
+                    se.modality.is_not(None)))).all():
+            values[study]["m"].add(modality)
+        for study, sop_class in (await session.execute(
+                select(inst.study_instance_uid, inst.sop_class_uid).distinct().where(
+                    inst.partition_name == partition, inst.study_instance_uid.in_(study_uids)))).all():
+            values[study]["c"].add(sop_class)
+        await session.execute(
+            update(STUDIES).where(st.partition_name == bindparam("p"),
+                                  st.study_instance_uid == bindparam("u"))
+            .values(num_series=bindparam("ns"), num_instances=bindparam("ni"),
+                    modalities=bindparam("m"), sop_classes=bindparam("c")),
+            [{"p": partition, "u": study, "ns": n_series, "ni": n_instances,
+              "m": "\\".join(sorted(values[study]["m"])), "c": "\\".join(sorted(values[study]["c"]))}
+             for study, n_series, n_instances in counts])
+        series_counts = (await session.execute(
+            select(inst.series_instance_uid, func.count())
+            .where(inst.partition_name == partition, inst.study_instance_uid.in_(study_uids))
+            .group_by(inst.series_instance_uid))).all()
+        await session.execute(
+            update(SERIES).where(se.partition_name == bindparam("p"),
+                                 se.series_instance_uid == bindparam("u"))
+            .values(num_instances=bindparam("n")),
+            [{"p": partition, "u": series, "n": n} for series, n in series_counts])
 
     async def instances(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None,
