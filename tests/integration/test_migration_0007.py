@@ -16,13 +16,17 @@ from tests.integration.test_migration_0006 import _run
 CT, MR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
 
 
+META = ('{"00080016":{"vr":"UI","Value":["%s"]},"00100010":{"vr":"PN","Value":[{"Alphabetic":"A^B"}]},'
+        '"00280010":{"vr":"US","Value":[512]},"7FE00010":{"vr":"OW","BulkDataURI":"x"}}')
+
+
 def _instance(sop: str, series: str, sop_class: str) -> tuple[str, dict[str, object]]:
     return ("INSERT INTO instances (partition_name, sop_instance_uid, series_instance_uid, "
             "study_instance_uid, sop_class_uid, transfer_syntax_uid, object_key, size, sha256, "
             "metadata_json, layout_json, verify_status) VALUES ('default', :sop, :series, '1.2.3', "
-            ":cls, '1.2.840.10008.1.2.1', :key, 1, :sha, '{}', '{}', 'pending')",
+            ":cls, '1.2.840.10008.1.2.1', :key, 1, :sha, :meta, '{}', 'pending')",
             {"sop": sop, "series": series, "cls": sop_class, "key": f"originals/{sop}.dcm",
-             "sha": b"\0" * 32})
+             "sha": b"\0" * 32, "meta": META % sop_class})
 
 
 ROWS = [
@@ -59,6 +63,10 @@ def test_0007_fills_the_aggregates_of_existing_studies_and_series(index_url: str
         [("SELECT series_instance_uid, num_instances FROM series ORDER BY series_instance_uid", {})])
     assert studies == [("1.2.3", 2, 3, "CT\\MR", f"{CT}\\{MR}"), ("1.2.9", 0, 0, "", "")]
     assert series == [("1.2.3.1", 2), ("1.2.3.2", 1)]
+    [(qido,)] = _run(index_url, [("SELECT qido_json FROM instances WHERE sop_instance_uid = '1.2.3.2.1'",
+                                  {})])[0]
+    # the instance-level attributes QIDO-RS returns, not the patient's name nor the pixel data
+    assert qido == f'"00080016":{{"vr":"UI","Value":["{MR}"]}},"00280010":{{"vr":"US","Value":[512]}}'
     command.downgrade(_alembic_config(index_url), "0006")  # and back, for an operator who must
     upgrade_sync(index_url)
 

@@ -44,3 +44,12 @@ SERIES_LEVEL_TAGS = _tags(
 
 # Always present in a study-level JSON object even though they live in the instance
 SPECIFIC_CHARACTER_SET = 0x00080005
+
+# The instance-level attributes QIDO-RS returns by default (PS3.18 Table 10.6.3-5) and matches on;
+# kept per instance as a few hundred bytes of DICOM JSON, so that an instance search reads those
+# rather than decoding every instance's whole metadata
+INSTANCE_QIDO_TAGS = _tags(
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "TimezoneOffsetFromUTC",
+    "InstanceNumber", "Rows", "Columns", "BitsAllocated", "NumberOfFrames", "ContentDate",
+    "ContentTime",
+)

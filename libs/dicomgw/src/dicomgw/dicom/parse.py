@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from dicomgw.dicom.levels import SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
+from dicomgw.dicom.levels import INSTANCE_QIDO_TAGS, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
 from dicomgw.dicom.names import fold_person_name, person_name_words
 from dicomgw.errors import CannotUnderstand, SOPClassNotSupported, TransferSyntaxNotSupported
 
@@ -405,6 +405,7 @@ def parse_instance(path: Path) -> ParsedInstance:
         "rows": _int(ds, "Rows"),
         "columns": _int(ds, "Columns"),
         "number_of_frames": _int(ds, "NumberOfFrames"),
+        "qido_json": _members(json_dict, INSTANCE_QIDO_TAGS, exclude),
     }
     return ParsedInstance(
         study_instance_uid=study_uid,

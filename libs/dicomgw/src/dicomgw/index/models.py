@@ -157,6 +157,9 @@ class Instance(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     # pre-serialised DICOM JSON object of the whole instance; BulkDataURIs hold BULK_BASE
+    # the instance-level attributes QIDO-RS returns by default (dicomgw.dicom.levels), DICOM JSON
+    # members without braces; "" for a row indexed before migration 0007 filled it
+    qido_json: Mapped[str] = mapped_column(Text, default="", server_default="")
     metadata_json: Mapped[str] = mapped_column(Text)
     # JSON: {"pixel": {...image pixel module...}, "frames": [[[offset, length], ...], ...],
     #        "bulk": {"tag-path": [offset, length]}, "data_offset": int}

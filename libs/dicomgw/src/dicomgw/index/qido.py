@@ -8,6 +8,7 @@ aggregated for the whole page in one grouped query each, never per row.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from sqlalchemy import ColumnElement, Select, and_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from dicomgw.dicom.levels import INSTANCE_QIDO_TAGS, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
 from dicomgw.dicom.names import fold, person_name_words
 from dicomgw.dicom.parse import valid_uid
 from dicomgw.errors import BadRequest
@@ -427,6 +429,8 @@ def build(query: Query, *, case_insensitive: bool = True) -> Select[*tuple[Any, 
                 .join(Study, and_(Instance.partition_name == Study.partition_name,
                                   Instance.study_instance_uid == Study.study_instance_uid))
                 .options(defer(Instance.layout_json)))
+        if not needs_metadata(query):
+            stmt = stmt.options(defer(Instance.metadata_json))
         order = [Instance.study_instance_uid, Instance.series_instance_uid,
                  Instance.instance_number.asc().nulls_last(), Instance.sop_instance_uid]
     level_table: Any = {"study": Study, "series": Series, "instance": Instance}[query.level]
@@ -443,8 +447,13 @@ def build(query: Query, *, case_insensitive: bool = True) -> Select[*tuple[Any, 
 
 
 # ---- results ---------------------------------------------------------------------------------
+@functools.cache
+def _vr(keyword: str) -> str:
+    return str(dictionary_VR(keyword))
+
+
 def _element(keyword: str, value: Any) -> dict[str, Any]:
-    vr = str(dictionary_VR(keyword))
+    vr = _vr(keyword)
     if value is None or value == "" or value == []:
         return {"vr": vr}
     return {"vr": vr, "Value": value if isinstance(value, list) else [value]}
@@ -470,14 +479,23 @@ async def search(session: AsyncSession, query: Query, *,
     if not rows:
         return []
     classes_wanted = query.wants(_SOP_CLASSES_IN_STUDY)
+    study_attrs: dict[str, dict[str, Any]] = {}
+    series_attrs: dict[str, dict[str, Any]] = {}
+    whole = needs_metadata(query)
     results = []
     for row in rows:
-        attrs = _study_attrs(row[-1], classes_wanted)
+        # the instances of a page share a few studies and series: each is decoded once
+        study: Study = row[-1]
+        if study.study_instance_uid not in study_attrs:
+            study_attrs[study.study_instance_uid] = _study_attrs(study, classes_wanted)
+        attrs = dict(study_attrs[study.study_instance_uid])
         if query.level != "study":
             series: Series = row[0] if query.level == "series" else row[1]
-            attrs.update(_series_attrs(series))
+            if series.series_instance_uid not in series_attrs:
+                series_attrs[series.series_instance_uid] = _series_attrs(series)
+            attrs.update(series_attrs[series.series_instance_uid])
         if query.level == "instance":
-            attrs.update(_instance_attrs(row[0]))
+            attrs.update(_instance_attrs(row[0], whole))
         results.append(_select(query, attrs))
     return results
 
@@ -516,13 +534,32 @@ def _series_attrs(series: Series) -> dict[str, Any]:
     return attrs
 
 
-def _instance_attrs(instance: Instance) -> dict[str, Any]:
-    attrs: dict[str, Any] = json.loads(instance.metadata_json)
-    # bulk data (pixel data, overlays, ...) is for WADO-RS, never part of a QIDO-RS answer
-    attrs = {t: v for t, v in attrs.items() if "BulkDataURI" not in v and "InlineBinary" not in v}
+def _instance_attrs(instance: Instance, whole: bool) -> dict[str, Any]:
+    """The instance's attributes: those kept for QIDO-RS, or (``whole``) all of its metadata."""
+    if whole or not instance.qido_json:  # qido_json is empty on rows 0007 has not filled
+        attrs: dict[str, Any] = json.loads(instance.metadata_json)
+        # bulk data (pixel data, overlays, ...) is for WADO-RS, never part of a QIDO-RS answer
+        attrs = {t: v for t, v in attrs.items() if "BulkDataURI" not in v and "InlineBinary" not in v}
+    else:
+        attrs = _members(instance.qido_json)
     attrs["00080056"] = _element("InstanceAvailability", "ONLINE")
     attrs["00083002"] = _element("AvailableTransferSyntaxUID", instance.transfer_syntax_uid)
     return attrs
+
+
+# what an instance search answers without an instance's whole metadata: study and series rows, the
+# aggregates, and the instance attributes kept for QIDO-RS
+_WITHOUT_METADATA = frozenset(
+    f"{t:08X}" for t in STUDY_LEVEL_TAGS | SERIES_LEVEL_TAGS | INSTANCE_QIDO_TAGS
+) | _STUDY_COMPUTED | {_SERIES_COUNT, _tag_hex("InstanceAvailability"),
+                       _tag_hex("AvailableTransferSyntaxUID")}
+
+
+def needs_metadata(query: Query) -> bool:
+    """Whether an instance search must read each instance's whole metadata (includefield=all, or an
+    attribute not kept for QIDO-RS)."""
+    return query.level == "instance" and (
+        query.include_all or not query.returned_tags() <= _WITHOUT_METADATA)
 
 
 ATTRS_BY_KEYWORD = {a.keyword: a for a in _ATTRS}
