@@ -82,11 +82,11 @@ test-unit: install  ## only the fast unit tests
 	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q tests/unit
 
 lint: install  ## ruff and mypy
-	$(UV_PROJECT_ENVIRONMENT)/bin/ruff check libs services tests
+	$(UV_PROJECT_ENVIRONMENT)/bin/ruff check libs services tests bench
 	$(UV_PROJECT_ENVIRONMENT)/bin/mypy libs/dicomgw/src
 
-bench: install tools-minio  ## benchmarks (figures as ratios, see bench/README.md)
-	$(UV_PROJECT_ENVIRONMENT)/bin/python bench/run.py --s3 --orthanc
+bench: install tools-minio tools-postgres tools-redis tools-nginx tools-orthanc  ## every figure against Orthanc and the raw store, embedded and on the stack (bench/run.py; ~20 min)
+	$(UV_PROJECT_ENVIRONMENT)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:  ## remove the data folder and caches (keeps .tools)
 	rm -rf var .pytest_cache test-artifacts

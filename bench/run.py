@@ -1,21 +1,20 @@
-"""dicomgw benchmarks: every figure is a ratio against a baseline measured in the same run.
+"""dicomgw benchmarks: every figure is a ratio against a baseline measured in the same run, here.
 
-    make bench                      # or: .venv/bin/python bench/run.py [--instances N] [--s3]
+    make bench                      # or: .venv/bin/python bench/run.py [--only clinical,index,stack,extras]
 
-- STOW-RS into the embedded gateway vs the minimum any durable store must do with the same bytes
-  (write each file, fsync, rename) — the gateway's overhead for parsing, hashing and indexing.
-- STOW-RS into a gateway backed by MinIO vs PUTting the same objects to the same MinIO with
-  aiobotocore directly (--s3; needs `make tools-minio`).
-- WADO-RS frames (what OHIF fetches per image) vs reading the same bytes from the original file.
-- QIDO-RS study search with computed attributes vs the raw SQLite scan of the same rows.
-- De-identification (dicomgw.deid, read + profile + write) instances per second vs STOW-RS of the same
-  instances into the embedded gateway.
-- A research collection of those instances built by the embedded gateway's worker (read each original,
-  check its SHA-256, de-identify, store and index it in the collection's partition, write the
-  manifest): instances per second vs STOW-RS of the same instances.
-- WADO-RS frames per second with the audit trail on vs off (the same data, eight frames in flight
-  as a viewer has; alternating runs so that drift does not favour either).
-Results are printed and written to bench/results/latest.json (git-ignored).
+Against Orthanc's DICOMweb plugin (bench/versus.py), each figure of issue 10 as gateway/Orthanc and,
+where a raw store exists, gateway/raw (files written and fsynced by 4 threads; PUTs and GETs straight to
+the same MinIO):
+- ``clinical``: CT, MR and PET studies (293 MB), the embedded gateway (SQLite, local folder);
+- ``index``: 90,000 small instances in 1,500 studies, embedded (``--index-studies`` to shrink it);
+- ``stack``: the clinical corpus into the local distributed stack of `make up` (nginx, split
+  services, PostgreSQL, MinIO with a replica, the worker running).
+Other figures (``extras``), on the clinical corpus:
+- de-identification (read, profile, write) instances per second vs STOW-RS of the same instances;
+- a research collection of them built by the embedded worker, instances per second vs STOW-RS;
+- WADO-RS frames per second with the audit trail on vs off (alternating runs).
+Results are printed as Markdown tables and written to bench/results/latest.json and latest.md
+(git-ignored); the README's performance table is a copy of one run's.
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import sqlite3
+import platform
 import statistics
 import sys
 import tempfile
@@ -36,35 +34,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.dicomdata import make_instance, multipart_related, uid  # noqa: E402
+from bench import versus  # noqa: E402
+from tests.dicomdata import multipart_related  # noqa: E402
 from tests.fixtures.gateway import start_gateway  # noqa: E402
-
-
-def corpus(n: int, studies: int = 10) -> list[bytes]:
-    study_uids = [uid() for _ in range(studies)]
-    series_uids = [uid() for _ in range(studies)]
-    return [
-        make_instance(study_uid=study_uids[i % studies], series_uid=series_uids[i % studies],
-                      rows=256, columns=256, instance_number=i, seed=i,
-                      patient_name=f"Bench^Patient{i % studies}")
-        for i in range(n)
-    ]
-
-
-def raw_durable_write(parts: list[bytes], folder: Path) -> float:
-    folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    for i, data in enumerate(parts):
-        tmp = folder / f"{i}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / f"{i}.dcm")
-    fd = os.open(folder, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    return time.perf_counter() - t0
 
 
 async def stow_all(url: str, parts: list[bytes], batch: int = 25, concurrency: int = 2) -> float:
@@ -81,45 +53,6 @@ async def stow_all(url: str, parts: list[bytes], batch: int = 25, concurrency: i
         t0 = time.perf_counter()
         await asyncio.gather(*(send(b) for b in batches))
         return time.perf_counter() - t0
-
-
-async def frames_vs_raw(url: str, data_dir: Path, rounds: int = 200) -> dict[str, float]:
-    async with httpx.AsyncClient(timeout=60) as client:
-        studies = (await client.get(f"{url}/studies", params={"limit": 1})).json()
-        study = studies[0]["0020000D"]["Value"][0]
-        instances = (await client.get(f"{url}/studies/{study}/instances")).json()
-        targets = [(i["0020000E"]["Value"][0], i["00080018"]["Value"][0]) for i in instances][:rounds]
-        accept = {"accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"}
-        t0 = time.perf_counter()
-        for series, sop in targets:
-            r = await client.get(f"{url}/studies/{study}/series/{series}/instances/{sop}/frames/1",
-                                 headers=accept)
-            r.raise_for_status()
-        gateway = (time.perf_counter() - t0) / len(targets)
-    files = {p.parent.name: p for p in (data_dir / "objects" / "originals").rglob("*.dcm")}
-    t0 = time.perf_counter()
-    for _, sop in targets:
-        with open(files[sop], "rb") as f:  # noqa: ASYNC230 - the raw baseline is meant to block
-            f.seek(-256 * 256 * 2, os.SEEK_END)
-            f.read(256 * 256 * 2)
-    raw = (time.perf_counter() - t0) / len(targets)
-    return {"gateway_s_per_frame": gateway, "raw_s_per_frame": raw, "ratio": gateway / raw}
-
-
-async def qido_vs_raw(url: str, data_dir: Path, rounds: int = 50) -> dict[str, float]:
-    async with httpx.AsyncClient(timeout=60) as client:
-        t0 = time.perf_counter()
-        for _ in range(rounds):
-            r = await client.get(f"{url}/studies", params={"PatientName": "bench*", "limit": 101})
-            r.raise_for_status()
-        gateway = (time.perf_counter() - t0) / rounds
-    db = sqlite3.connect(data_dir / "index.sqlite3")
-    t0 = time.perf_counter()
-    for _ in range(rounds):
-        db.execute("select * from studies s join series se using (study_instance_uid) "
-                   "where s.patient_name_folded like 'bench%' limit 101").fetchall()
-    raw = (time.perf_counter() - t0) / rounds
-    return {"gateway_s_per_query": gateway, "raw_sql_s_per_query": raw, "ratio": gateway / raw}
 
 
 async def frames_per_second(url: str, rounds: int = 400, concurrency: int = 8) -> float:
@@ -187,137 +120,70 @@ def audit_on_vs_off(data_dir: Path, repeats: int = 3) -> dict[str, float]:
             "on_over_off": round(on / off, 3)}
 
 
-def _write_all(parts: list[bytes], folder: Path) -> list[tuple[Path, bytes, int]]:
-    import hashlib
-
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, data in enumerate(parts):
-        path = folder / f"{i}.dcm"
-        path.write_bytes(data)
-        out.append((path, hashlib.sha256(data).digest(), len(data)))
-    return out
-
-
-async def raw_s3_puts(settings, parts: list[bytes], folder: Path, concurrency: int = 8) -> float:  # type: ignore[no-untyped-def]
-    """The same bytes PUT straight to MinIO with their SHA-256, as many at once as the gateway does."""
-    from dicomgw.storage.s3 import S3Store
-
-    paths = _write_all(parts, folder)
-    store = await S3Store.open(settings)
-    sem = asyncio.Semaphore(concurrency)
-
-    async def put(i: int) -> None:
-        path, digest, size = paths[i]
-        async with sem:
-            await store.put_file(f"raw/{i}.dcm", path, sha256=digest, size=size)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(put(i) for i in range(len(paths))))
-    elapsed = time.perf_counter() - t0
-    await store.close()
-    return elapsed
-
-
-def bench_s3(parts: list[bytes], tmp: Path) -> dict[str, float]:
-    from tests.fixtures.minio import start_minio
-
-    minio = start_minio(tmp / "minio")
+def extras(parts: list[bytes], tmp: Path) -> dict[str, object]:
+    results: dict[str, object] = {}
+    gw = start_gateway(tmp / "extras")
     try:
-        raw = asyncio.run(raw_s3_puts(minio.settings("bench-raw"), parts, tmp / "raw-s3"))
-        gw = start_gateway(tmp / "gw-s3", env=minio.env("bench-gw"))
-        try:
-            stow = asyncio.run(stow_all(gw.url, parts))
-        finally:
-            gw.stop()
+        stow = asyncio.run(stow_all(gw.url, parts))
+        deid = deidentify_all(parts)
+        results["deidentify"] = {"instances_per_s": round(len(parts) / deid, 1),
+                                 "over_stow_instances_per_s": round(stow / deid, 2)}
+        build = collection_build(gw.root)
+        results["collection_build"] = {"instances_per_s": round(len(parts) / build, 1),
+                                       "over_stow_instances_per_s": round(stow / build, 2)}
     finally:
-        minio.stop()
-    return {"gateway_s": round(stow, 3), "raw_minio_put_s": round(raw, 3), "ratio": round(stow / raw, 2)}
+        gw.stop()
+    results["audit_frames"] = audit_on_vs_off(gw.data_dir)
+    return results
 
 
-async def gateway_vs_orthanc(parts: list[bytes], gateway_url: str, tmp: Path,
-                                    rounds: int = 200) -> dict[str, float]:
-    """The same frames fetched from the gateway and from Orthanc's DICOMweb plugin, as OHIF does."""
-    import io
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import os
 
-    import pydicom
-
-    from tests.fixtures.orthanc import start_orthanc
-
-    orthanc = start_orthanc(tmp / "orthanc")
-    try:
-        # the same STOW-RS requests, into Orthanc's DICOMweb plugin
-        orthanc_stow = await stow_all(f"{orthanc.url}/dicom-web", parts)
-        async with httpx.AsyncClient(timeout=60) as client:
-            accept = {"accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"}
-            timings = {}
-            for name, root in (("gateway", gateway_url), ("orthanc", f"{orthanc.url}/dicom-web")):
-                t0 = time.perf_counter()
-                for data in parts[:rounds]:
-                    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-                    url = (f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-                           f"/instances/{ds.SOPInstanceUID}/frames/1")
-                    (await client.get(url, headers=accept)).raise_for_status()
-                timings[name] = (time.perf_counter() - t0) / rounds
-    finally:
-        orthanc.process.terminate()
-        orthanc.process.wait(timeout=30)
-    return {"orthanc_stow_s": round(orthanc_stow, 3),
-            "gateway_s_per_frame": round(timings["gateway"], 5),
-            "orthanc_s_per_frame": round(timings["orthanc"], 5),
-            "orthanc_over_gateway": round(timings["orthanc"] / timings["gateway"], 2)}
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, {platform.system()} {platform.release()}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--instances", type=int, default=400)
-    parser.add_argument("--s3", action="store_true", help="also STOW into MinIO vs raw PUTs")
-    parser.add_argument("--orthanc", action="store_true", help="also frames: gateway vs Orthanc")
+    parser.add_argument("--only", default="clinical,index,stack,extras",
+                        help="comma-separated: clinical, index, stack, extras")
+    parser.add_argument("--index-studies", type=int, default=1500, help="studies of 60 instances")
     args = parser.parse_args()
-    parts = corpus(args.instances)
-    size_mb = sum(map(len, parts)) / 2**20
-    results: dict[str, object] = {"instances": len(parts), "megabytes": round(size_mb, 1)}
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = raw_durable_write(parts, Path(tmp) / "raw")
-        gw = start_gateway(Path(tmp) / "gw")
-        try:
-            stow = asyncio.run(stow_all(gw.url, parts))
-            results["stow_local"] = {
-                "gateway_s": round(stow, 3), "raw_fsync_s": round(raw, 3),
-                "ratio": round(stow / raw, 2),
-                "gateway_instances_per_s": round(len(parts) / stow, 1),
-            }
-            deid = deidentify_all(parts)
-            results["deidentify"] = {
-                "instances_per_s": round(len(parts) / deid, 1),
-                "over_stow_instances_per_s": round(stow / deid, 2),
-            }
-            build = collection_build(gw.root)
-            results["collection_build"] = {
-                "instances_per_s": round(len(parts) / build, 1),
-                "over_stow_instances_per_s": round(stow / build, 2),
-            }
-            if args.orthanc:
-                versus = asyncio.run(gateway_vs_orthanc(parts, gw.url, Path(tmp)))
-                versus["gateway_stow_s"] = round(stow, 3)
-                versus["orthanc_stow_over_gateway"] = round(versus["orthanc_stow_s"] / stow, 2)
-                results["versus_orthanc"] = versus
-            for name, fn in (("wado_frames", frames_vs_raw), ("qido_studies", qido_vs_raw)):
-                try:
-                    results[name] = {k: round(v, 6) for k, v in asyncio.run(fn(gw.url, gw.data_dir)).items()}
-                except Exception as exc:  # an endpoint not available in this build
-                    results[name] = {"error": repr(exc)[:200]}
-        finally:
-            gw.stop()
-        results["audit_frames"] = audit_on_vs_off(gw.data_dir)
-        if args.s3:
-            results["stow_s3"] = bench_s3(parts, Path(tmp))
-    print(json.dumps(results, indent=2))
+    wanted = set(args.only.split(","))
+    results: dict[str, object] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                             time.gmtime())}
+    tables = [f"Machine: {results['machine']}; run started {results['started']}."]
+    clinical = versus.clinical()
+    with tempfile.TemporaryDirectory(prefix="dicomgw-bench-") as tmp:
+        runs = [("clinical", "embedded", lambda: clinical),
+                ("index", "embedded", lambda: versus.index_scale(args.index_studies)),
+                ("stack", "stack", lambda: clinical)]
+        for name, where, make in runs:
+            if name not in wanted:
+                continue
+            corpus = make()
+            folder = Path(tmp) / name
+            ohif = name != "index"  # OHIF opens the 200-slice CT
+            result = (versus.run_stack(corpus, folder, ohif) if where == "stack"
+                      else versus.run_embedded(corpus, folder, ohif=ohif))
+            result["gateway"] = ("the local stack (nginx, split services, PostgreSQL, MinIO + replica)"
+                                 if where == "stack" else "embedded (SQLite, local folder)")
+            results[name] = result
+            tables.append(f"### {name}: {result['gateway']}\n\n{versus.table(result)}")
+            print(tables[-1], flush=True)
+        if "extras" in wanted:
+            results["extras"] = extras(clinical.parts, Path(tmp))
+            tables.append("### extras\n\n```\n" + json.dumps(results["extras"], indent=2) + "\n```")
+            print(tables[-1], flush=True)
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
+    (out / "latest.md").write_text("\n\n".join(tables) + "\n")
     return 0
 
 

@@ -111,7 +111,7 @@ def index_scale(studies: int = 1500, per_study: int = 60) -> Corpus:
             templates.append(data)
         for i in range(per_study):
             k = i % 2
-            sop_suffix = f"{s * per_study + i:012d}"
+            sop_suffix = f"1{s * per_study + i:011d}"  # same length as the placeholder, no leading 0
             parts.append(templates[k].replace(placeholder.encode(), sop_suffix.encode()))
             if s == 0:
                 frames.append((series_uids[k], f"{root}.{sop_suffix}"))
@@ -228,50 +228,59 @@ async def stow(server: Server, parts: list[bytes]) -> float:
         return len(parts) / (time.perf_counter() - t0)
 
 
-def latencies(client: httpx.Client, url: str, params: dict[str, str] | None = None,
-              headers: dict[str, str] | None = None, rounds: int = ROUNDS) -> list[float]:
-    for _ in range(2):  # warm caches and connections alike on both sides
-        client.get(url, params=params, headers=headers).raise_for_status()
-    out = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        r = client.get(url, params=params, headers=headers)
-        r.raise_for_status()
-        _ = r.content
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def p(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def read_figures(server: Server, corpus: Corpus) -> dict[str, float]:
-    """Latencies (ms) and retrieve throughput (MB/s) of the same requests."""
-    out: dict[str, float] = {}
-    with httpx.Client(timeout=600, headers=server.headers) as client:
+def _get(client: httpx.Client, url: str, params: dict[str, str] | None = None,
+         headers: dict[str, str] | None = None) -> tuple[float, int]:
+    """Seconds to the last byte of one GET, and the bytes received."""
+    t0 = time.perf_counter()
+    size = 0
+    with client.stream("GET", url, params=params, headers=headers) as r:
+        r.raise_for_status()
+        for chunk in r.iter_raw():
+            size += len(chunk)
+    return time.perf_counter() - t0, size
+
+
+def read_figures(servers: list[Server], corpus: Corpus) -> dict[str, dict[str, float]]:
+    """Latencies (ms) and whole-study throughput (MB/s) of the same requests to every server.
+
+    The servers take turns request by request, so that a slow moment of the machine (this is a
+    shared VM) weighs on both alike rather than on whichever was being measured then.
+    """
+    out: dict[str, dict[str, float]] = {s.name: {} for s in servers}
+    clients = {s.name: httpx.Client(timeout=600, headers=s.headers) for s in servers}
+
+    def alternate(path: str, rounds: int, params: dict[str, str] | None = None,
+                  headers: dict[str, str] | None = None) -> dict[str, list[tuple[float, int]]]:
+        times: dict[str, list[tuple[float, int]]] = {s.name: [] for s in servers}
+        for n in range(rounds + 2):
+            for s in servers:
+                timing = _get(clients[s.name], s.url + path, params, headers)
+                if n >= 2:  # the first two warm caches and connections
+                    times[s.name].append(timing)
+        return times
+
+    try:
         for name, (path, params) in corpus.queries.items():
-            out[f"{name} p95 ms"] = p(latencies(client, server.url + path, params), 95) * 1000
-        meta = latencies(client, f"{server.url}/studies/{corpus.big_study}/metadata", rounds=10)
-        out["study metadata p50 ms"] = statistics.median(meta) * 1000
-        frame_times = []
+            for server, t in alternate(path, ROUNDS, params).items():
+                out[server][f"{name} p95 ms"] = p([s for s, _ in t], 95) * 1000
+        for server, t in alternate(f"/studies/{corpus.big_study}/metadata", 10).items():
+            out[server]["study metadata p50 ms"] = statistics.median(s for s, _ in t) * 1000
+        frames: dict[str, list[float]] = {s.name: [] for s in servers}
         for series, sop in corpus.frames:
-            t0 = time.perf_counter()
-            r = client.get(f"{server.url}/studies/{corpus.big_study}/series/{series}/instances/{sop}"
-                           "/frames/1", headers=OCTETS)
-            r.raise_for_status()
-            frame_times.append(time.perf_counter() - t0)
-        out["one frame p50 ms"] = statistics.median(frame_times) * 1000
-        rates = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            size = 0
-            with client.stream("GET", f"{server.url}/studies/{corpus.big_study}", headers=WHOLE) as r:
-                r.raise_for_status()
-                for chunk in r.iter_raw():
-                    size += len(chunk)
-            rates.append(size / 2**20 / (time.perf_counter() - t0))
-        out["whole-study retrieve MB/s"] = max(rates)
+            path = f"/studies/{corpus.big_study}/series/{series}/instances/{sop}/frames/1"
+            for server, t in alternate(path, 1, headers=OCTETS).items():
+                frames[server] += [s for s, _ in t]
+        for server, values in frames.items():
+            out[server]["one frame p50 ms"] = statistics.median(values) * 1000
+        for server, t in alternate(f"/studies/{corpus.big_study}", 3, headers=WHOLE).items():
+            out[server]["whole-study retrieve MB/s"] = max(n / 2**20 / s for s, n in t)
+    finally:
+        for client in clients.values():
+            client.close()
     return out
 
 
@@ -356,7 +365,7 @@ async def raw_s3(settings: Any, parts: list[bytes], folder: Path) -> tuple[float
 
 # -- one comparison ---------------------------------------------------------------------------------
 def compare(corpus: Corpus, gateway: Server, orthanc_server: Server,
-            raw: Callable[[], dict[str, float]]) -> dict[str, Any]:
+            raw: Callable[[], dict[str, float]], ohif_tmp: Path | None = None) -> dict[str, Any]:
     """Every figure for both servers; the ratios say how the gateway stands."""
     result: dict[str, Any] = {"corpus": corpus.name, "instances": len(corpus.parts),
                               "megabytes": round(corpus.megabytes, 1)}
@@ -365,7 +374,15 @@ def compare(corpus: Corpus, gateway: Server, orthanc_server: Server,
         rate = asyncio.run(stow(server, corpus.parts))
         figures[server.name] = {"STOW instances/s": rate, **rss_mb(server.pids())}
         server.settle()
-        figures[server.name].update(read_figures(server, corpus))
+    for name, values in read_figures([orthanc_server, gateway], corpus).items():
+        figures[name].update(values)
+    if ohif_tmp is not None:
+        from bench.ohif import first_image_seconds
+
+        seconds = first_image_seconds({s.name: (s.url, s.headers) for s in (orthanc_server, gateway)},
+                                      corpus.big_study, ohif_tmp)
+        for name, value in seconds.items():
+            figures[name]["OHIF first image of the big study s"] = value
     raw_figures = raw()
     rows = []
     for name, value in figures["gateway"].items():
@@ -383,7 +400,8 @@ def compare(corpus: Corpus, gateway: Server, orthanc_server: Server,
     return result
 
 
-def run_embedded(corpus: Corpus, tmp: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_embedded(corpus: Corpus, tmp: Path, env: dict[str, str] | None = None,
+                 ohif: bool = False) -> dict[str, Any]:
     with orthanc(tmp) as o, embedded(tmp, env) as gw:
         data_dir = tmp / "gateway"
 
@@ -391,10 +409,10 @@ def run_embedded(corpus: Corpus, tmp: Path, env: dict[str, str] | None = None) -
             return {"STOW instances/s": raw_local_write(corpus.parts, tmp / "raw"),
                     "whole-study retrieve MB/s": raw_local_read(study_files(data_dir, corpus.big_study))}
 
-        return compare(corpus, gw, o, raw)
+        return compare(corpus, gw, o, raw, tmp / "ohif" if ohif else None)
 
 
-def run_stack(corpus: Corpus, tmp: Path) -> dict[str, Any]:
+def run_stack(corpus: Corpus, tmp: Path, ohif: bool = False) -> dict[str, Any]:
     import subprocess
     import sys
 
@@ -431,7 +449,7 @@ def run_stack(corpus: Corpus, tmp: Path) -> dict[str, Any]:
             return {"STOW instances/s": put_rate, "whole-study retrieve MB/s": get_rate}
 
         with orthanc(tmp) as o:
-            return compare(corpus, gw, o, raw)
+            return compare(corpus, gw, o, raw, tmp / "ohif" if ohif else None)
     finally:
         stack.down()
 

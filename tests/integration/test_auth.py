@@ -79,7 +79,11 @@ def secured(issuer: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     data = tmp_path_factory.mktemp("secured")
     env = {"DICOMGW_AUTH_MODE": "required", "DICOMGW_AUTH_ISSUER": issuer.url,
            "DICOMGW_AUTH_AUDIENCE": '["dicomgw"]', "DICOMGW_AUTH_KEY_CACHE_SECONDS": "1",
-           "DICOMGW_AUTH_KEY_SECRET": "test-key-secret"}
+           "DICOMGW_AUTH_KEY_SECRET": "test-key-secret",
+           # one process: each process of a server keeps its own copy of the provider's key set (a
+           # token with a key id it lacks makes it refresh), so the rotation test below could reach a
+           # process that has not yet seen the new key and still holds the old one
+           "DICOMGW_HTTP_WORKERS": "1"}
     gateway = start_gateway(data, env)
     cli_env = {**os.environ, **env, "DATA_DIR": str(data),
                "DICOMGW_INDEX_URL": f"sqlite+aiosqlite:///{data.resolve() / 'index.sqlite3'}"}
