@@ -5,14 +5,11 @@ partition, and deleting a study still cascades to its series and instances."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
-import pytest
 from alembic import command
 from sqlalchemy import text
 
 from dicomgw.index.db import _alembic_config, create_engine, upgrade_sync
-from tests.fixtures.postgres import PostgresServer
 
 ROWS = [
     "INSERT INTO studies (study_instance_uid, attributes_json) VALUES ('1.2.3', '')",
@@ -24,14 +21,6 @@ ROWS = [
     "'originals/1.2.3/1.2.3.4/1.2.3.4.5/00.dcm', 1, :sha, '{}', '{}', 'pending')",
     "INSERT INTO outbox (task, key, attempts) VALUES ('verify', '1.2.3.4.5', 0)",
 ]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'index.sqlite3'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database(migrate=False)
 
 
 def _run(url: str, *steps: list[tuple[str, dict[str, object]]]) -> list[list[tuple[object, ...]]]:

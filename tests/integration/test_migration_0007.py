@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from alembic import command
 
 from dicomgw.index.db import _alembic_config, upgrade_sync
-from tests.fixtures.postgres import PostgresServer
 from tests.integration.test_migration_0006 import _run
 
 CT, MR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
@@ -42,14 +40,6 @@ ROWS = [
     _instance("1.2.3.1.2", "1.2.3.1", CT),
     _instance("1.2.3.2.1", "1.2.3.2", MR),
 ]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'index.sqlite3'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database(migrate=False)
 
 
 def test_0007_fills_the_aggregates_of_existing_studies_and_series(index_url: str) -> None:
