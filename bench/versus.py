@@ -198,7 +198,7 @@ def orthanc(tmp: Path) -> Iterator[Server]:
 def embedded(tmp: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
     from tests.fixtures.gateway import start_gateway
 
-    gw = start_gateway(tmp / "gateway", env)
+    gw = start_gateway(tmp / "gateway", {"DICOMGW_HTTP_WORKERS": "0", **(env or {})})  # as `make run`
     try:
         yield Server("gateway", gw.url, lambda: process_tree(gw.process.pid), root=gw.root)
     finally:
