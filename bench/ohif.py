@@ -9,6 +9,8 @@ round starts a fresh browser (nothing cached), and the servers take turns.
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import statistics
 import subprocess
@@ -23,6 +25,7 @@ from tests.e2e.test_ohif import HERE, TOOLS, run_driver
 from tests.fixtures.gateway import free_port
 
 CONF = """
+{user}
 worker_processes 1;
 daemon off;
 pid {run}/nginx.pid;
@@ -66,7 +69,9 @@ def viewer_for(dicomweb_root: str, run: Path, headers: dict[str, str] | None = N
         template.replace("__DICOMWEB_ROOT__", f"{origin}/dicom-web")
         .replace("__OMIT_QUOTATION__", "false").replace("__OIDC__", "null"))
     extra = "\n".join(f'      proxy_set_header {k} "{v}";' for k, v in (headers or {}).items())
-    (run / "nginx.conf").write_text(CONF.format(run=run, port=port, dist=TOOLS / "dist",
+    # run as root, nginx's workers would drop to "nobody", who cannot read the build or this folder
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
+    (run / "nginx.conf").write_text(CONF.format(user=user, run=run, port=port, dist=TOOLS / "dist",
                                                 upstream=dicomweb_root.rstrip("/"), extra=extra))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     proc = subprocess.Popen([nginx, "-c", str(run / "nginx.conf"), "-p", str(run)],

@@ -67,11 +67,10 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     # This process becomes uvicorn's supervisor, which needs none of what this command imported
     # (130 MB): exec'd, it keeps its pid (signals reach it) and only the workers load the app.
+    # (dicomgw_gateway.workers: uvicorn's supervisor, with workers that share connections fairly)
     os.execv(sys.executable, [
-        sys.executable, "-m", "uvicorn", "dicomgw_gateway.app:create_app", "--factory",
-        "--workers", str(workers), "--host", settings.host, "--port", str(settings.port),
-        "--log-level", settings.log_level.lower(), "--timeout-graceful-shutdown", "30",
-        "--no-access-log"])
+        sys.executable, "-m", "dicomgw_gateway.workers", "--workers", str(workers),
+        "--host", settings.host, "--port", str(settings.port), "--log-level", settings.log_level])
 
 
 def _verify(args: argparse.Namespace) -> int:
