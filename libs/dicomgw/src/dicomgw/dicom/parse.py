@@ -9,6 +9,7 @@ sits in the file (so a frame is one ranged read).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -70,8 +71,21 @@ class ParsedInstance:
     layout: dict[str, Any] = field(default_factory=dict)
 
 
+@functools.cache
+def _tag(keyword: str) -> int:
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return tag
+
+
+def _get(ds: Dataset, keyword: str, default: Any = None) -> Any:
+    """``ds.get(keyword)`` by tag: the keyword's look-up cost more than the value's conversion."""
+    elem = ds.get(_tag(keyword))
+    return default if elem is None else elem.value
+
+
 def _str(ds: Dataset, keyword: str, limit: int | None = None) -> str | None:
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     if value is None or value == "":
         return None
     text = str(value).strip()
@@ -81,7 +95,7 @@ def _str(ds: Dataset, keyword: str, limit: int | None = None) -> str | None:
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     try:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
@@ -89,20 +103,17 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def _pn(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     if value is None or value == "":
         return None
     return str(value)
 
 
-def _members(json_dict: dict[str, Any], tags: frozenset[int] | None, exclude: frozenset[int]) -> str:
-    """DICOM JSON members (no braces) for the tags of one level, in tag order."""
-    parts = []
-    for key in sorted(json_dict):
-        tag = int(key, 16)
-        if (tags is None or tag in tags) and tag not in exclude:
-            parts.append(f"{json.dumps(key)}:{json.dumps(json_dict[key], separators=(',', ':'))}")
-    return ",".join(parts)
+def _members(json_dict: dict[str, Any], tags: frozenset[int] | None) -> str:
+    """DICOM JSON members (no braces) for the tags of one level, in tag order (one encoder call)."""
+    chosen = sorted(json_dict.items()) if tags is None else sorted(
+        (k, v) for k, v in json_dict.items() if int(k, 16) in tags)
+    return json.dumps(dict(chosen), separators=(",", ":"))[1:-1]
 
 
 def _walk_pixel_data(fp: BinaryIO, file_size: int, implicit: bool, little: bool) -> dict[str, Any]:
@@ -176,7 +187,7 @@ def _frames(pixel: dict[str, Any], ds: Dataset, eot: list[int] | None) -> list[l
         if not rows or not cols or not bits or bits % 8:
             return None  # 1-bit or incomplete descriptions are decoded, not sliced
         size = rows * cols * spp * bits // 8
-        if str(ds.get("PhotometricInterpretation", "")).startswith("YBR_FULL_422"):
+        if str(_get(ds, "PhotometricInterpretation", "")).startswith("YBR_FULL_422"):
             size = rows * cols * 2 * bits // 8  # two samples per pixel after 4:2:2 subsampling
         if size * n_frames > pixel["length"]:
             raise CannotUnderstand("Pixel Data is shorter than Rows x Columns x Frames says")
@@ -340,26 +351,25 @@ def parse_instance(path: Path) -> ParsedInstance:
             del json_dict[key]
 
     layout["pixel"] = {
-        kw: ds.get(kw)
+        kw: _get(ds, kw)
         for kw in (
             "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit",
             "PixelRepresentation", "PhotometricInterpretation", "PlanarConfiguration",
             "NumberOfFrames",
         )
-        if ds.get(kw) not in (None, "")
+        if _get(ds, kw) not in (None, "")
     }
     layout["pixel"] = {k: (str(v) if k == "PhotometricInterpretation" else int(v))
                        for k, v in layout["pixel"].items()}
 
     charset = json_dict.get("00080005")
-    exclude: frozenset[int] = frozenset()
-    study_members = _members(json_dict, STUDY_LEVEL_TAGS, exclude)
-    series_members = _members(json_dict, SERIES_LEVEL_TAGS, exclude)
+    study_members = _members(json_dict, STUDY_LEVEL_TAGS)
+    series_members = _members(json_dict, SERIES_LEVEL_TAGS)
     if charset is not None:
         cs = f'"00080005":{json.dumps(charset, separators=(",", ":"))}'
         study_members = ",".join(filter(None, [cs, study_members]))
         series_members = ",".join(filter(None, [cs, series_members]))
-    metadata_json = "{" + _members(json_dict, None, exclude) + "}"
+    metadata_json = "{" + _members(json_dict, None) + "}"
 
     patient_name = _pn(ds, "PatientName")
     referring = _pn(ds, "ReferringPhysicianName")
@@ -405,7 +415,7 @@ def parse_instance(path: Path) -> ParsedInstance:
         "rows": _int(ds, "Rows"),
         "columns": _int(ds, "Columns"),
         "number_of_frames": _int(ds, "NumberOfFrames"),
-        "qido_json": _members(json_dict, INSTANCE_QIDO_TAGS, exclude),
+        "qido_json": _members(json_dict, INSTANCE_QIDO_TAGS),
     }
     return ParsedInstance(
         study_instance_uid=study_uid,
