@@ -25,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from dicomgw.dicom.jsonfast import dataset_json
 from dicomgw.dicom.levels import INSTANCE_QIDO_TAGS, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
 from dicomgw.dicom.names import fold_person_name, person_name_words
 from dicomgw.errors import CannotUnderstand, SOPClassNotSupported, TransferSyntaxNotSupported
@@ -78,13 +79,32 @@ def _tag(keyword: str) -> int:
     return tag
 
 
-def _get(ds: Dataset, keyword: str, default: Any = None) -> Any:
-    """``ds.get(keyword)`` by tag: the keyword's look-up cost more than the value's conversion."""
-    elem = ds.get(_tag(keyword))
+class _Values:
+    """Attribute values by keyword, read from the instance's DICOM JSON: each raw element was decoded
+    once, for the JSON, and converting it again through pydicom cost a third of the whole parse."""
+
+    def __init__(self, json_dict: dict[str, Any]) -> None:
+        self.json = json_dict
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        entry = self.json.get(f"{_tag(keyword):08X}")
+        if entry is None:
+            return default
+        values = entry.get("Value")
+        if not values:
+            return ""
+        return values[0] if len(values) == 1 else values
+
+
+def _get(source: Dataset | _Values, keyword: str, default: Any = None) -> Any:
+    """``source.get(keyword)``; from a dataset by tag (the keyword's look-up cost more than the value)."""
+    if isinstance(source, _Values):
+        return source.get(keyword, default)
+    elem = source.get(_tag(keyword))
     return default if elem is None else elem.value
 
 
-def _str(ds: Dataset, keyword: str, limit: int | None = None) -> str | None:
+def _str(ds: Dataset | _Values, keyword: str, limit: int | None = None) -> str | None:
     value = _get(ds, keyword)
     if value is None or value == "":
         return None
@@ -94,7 +114,7 @@ def _str(ds: Dataset, keyword: str, limit: int | None = None) -> str | None:
     return text or None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: Dataset | _Values, keyword: str) -> int | None:
     value = _get(ds, keyword)
     try:
         return int(value) if value not in (None, "") else None
@@ -330,13 +350,13 @@ def parse_instance(path: Path) -> ParsedInstance:
                     del ds[pixel_tag]
 
         try:
-            json_dict = ds.to_json_dict(bulk_data_threshold=1 << 62)
+            json_dict = dataset_json(ds, little)
             if trailing is not None:
                 for trailing_tag in list(trailing.keys()):
                     item = trailing.get_item(trailing_tag)
                     if isinstance(item, RawDataElement) and item.value is None and item.length:
                         del trailing[trailing_tag]  # too large to inline; not needed for metadata
-                json_dict.update(trailing.to_json_dict(bulk_data_threshold=1 << 62))
+                json_dict.update(dataset_json(trailing, little))
         except Exception as exc:
             raise CannotUnderstand(f"undecodable attribute value: {exc}") from exc
 
@@ -350,14 +370,15 @@ def parse_instance(path: Path) -> ParsedInstance:
         for key in [k for k in json_dict if int(k, 16) >> 16 == _FILE_META_GROUP]:
             del json_dict[key]
 
+    values = _Values(json_dict)
     layout["pixel"] = {
-        kw: _get(ds, kw)
+        kw: _get(values, kw)
         for kw in (
             "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit",
             "PixelRepresentation", "PhotometricInterpretation", "PlanarConfiguration",
             "NumberOfFrames",
         )
-        if _get(ds, kw) not in (None, "")
+        if _get(values, kw) not in (None, "")
     }
     layout["pixel"] = {k: (str(v) if k == "PhotometricInterpretation" else int(v))
                        for k, v in layout["pixel"].items()}
@@ -375,32 +396,32 @@ def parse_instance(path: Path) -> ParsedInstance:
     referring = _pn(ds, "ReferringPhysicianName")
     study = {
         "study_instance_uid": study_uid,
-        "study_date": _str(ds, "StudyDate", 8),
-        "study_time": _str(ds, "StudyTime", 16),
-        "accession_number": _str(ds, "AccessionNumber", 64),
-        "study_id": _str(ds, "StudyID", 16),
-        "study_description": _str(ds, "StudyDescription", 256),
+        "study_date": _str(values, "StudyDate", 8),
+        "study_time": _str(values, "StudyTime", 16),
+        "accession_number": _str(values, "AccessionNumber", 64),
+        "study_id": _str(values, "StudyID", 16),
+        "study_description": _str(values, "StudyDescription", 256),
         "referring_physician_name": referring,
         "referring_physician_name_folded": fold_person_name(referring),
         "patient_name": patient_name,
         "patient_name_folded": fold_person_name(patient_name),
         "patient_name_words": person_name_words(patient_name),
-        "patient_id": _str(ds, "PatientID", 64),
-        "patient_birth_date": _str(ds, "PatientBirthDate", 8),
-        "patient_sex": _str(ds, "PatientSex", 16),
+        "patient_id": _str(values, "PatientID", 64),
+        "patient_birth_date": _str(values, "PatientBirthDate", 8),
+        "patient_sex": _str(values, "PatientSex", 16),
         "attributes_json": study_members,
     }
     series = {
         "series_instance_uid": series_uid,
         "study_instance_uid": study_uid,
-        "modality": _str(ds, "Modality", 16),
-        "series_number": _int(ds, "SeriesNumber"),
-        "series_description": _str(ds, "SeriesDescription", 256),
-        "series_date": _str(ds, "SeriesDate", 8),
-        "series_time": _str(ds, "SeriesTime", 16),
-        "body_part_examined": _str(ds, "BodyPartExamined", 64),
-        "performed_procedure_step_start_date": _str(ds, "PerformedProcedureStepStartDate", 8),
-        "performed_procedure_step_start_time": _str(ds, "PerformedProcedureStepStartTime", 16),
+        "modality": _str(values, "Modality", 16),
+        "series_number": _int(values, "SeriesNumber"),
+        "series_description": _str(values, "SeriesDescription", 256),
+        "series_date": _str(values, "SeriesDate", 8),
+        "series_time": _str(values, "SeriesTime", 16),
+        "body_part_examined": _str(values, "BodyPartExamined", 64),
+        "performed_procedure_step_start_date": _str(values, "PerformedProcedureStepStartDate", 8),
+        "performed_procedure_step_start_time": _str(values, "PerformedProcedureStepStartTime", 16),
         "attributes_json": series_members,
     }
     instance = {
@@ -408,13 +429,13 @@ def parse_instance(path: Path) -> ParsedInstance:
         "series_instance_uid": series_uid,
         "study_instance_uid": study_uid,
         "sop_class_uid": sop_class,
-        "instance_number": _int(ds, "InstanceNumber"),
+        "instance_number": _int(values, "InstanceNumber"),
         "transfer_syntax_uid": str(transfer_syntax),
-        "content_date": _str(ds, "ContentDate", 8),
-        "content_time": _str(ds, "ContentTime", 16),
-        "rows": _int(ds, "Rows"),
-        "columns": _int(ds, "Columns"),
-        "number_of_frames": _int(ds, "NumberOfFrames"),
+        "content_date": _str(values, "ContentDate", 8),
+        "content_time": _str(values, "ContentTime", 16),
+        "rows": _int(values, "Rows"),
+        "columns": _int(values, "Columns"),
+        "number_of_frames": _int(values, "NumberOfFrames"),
         "qido_json": _members(json_dict, INSTANCE_QIDO_TAGS),
     }
     return ParsedInstance(
