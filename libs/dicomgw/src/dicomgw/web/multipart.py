@@ -1,4 +1,5 @@
-"""Streaming multipart/related responses: parts are written as their bytes arrive, never buffered."""
+"""Streaming multipart/related responses: parts are written as their bytes arrive, never buffered
+beyond one send's worth (``COALESCE_BYTES``)."""
 
 from __future__ import annotations
 
@@ -40,16 +41,33 @@ def _close(boundary: str, first: bool) -> bytes:
     return ("" if first else "\r\n").encode() + f"--{boundary}--\r\n".encode()
 
 
+# pieces are sent together until they reach this size: each send goes through every ASGI middleware
+# and is a system call of its own, which for small instances cost more than their bytes
+COALESCE_BYTES = 256 << 10
+
+
 async def encode_parts(parts: AsyncIterable[Part] | Iterable[Part],
                        boundary: str) -> AsyncIterator[bytes]:
-    """The body of a multipart/related message (RFC 2387) with ``boundary``, part by part."""
+    """The body of a multipart/related message (RFC 2387) with ``boundary``, part by part.
+
+    Part headers and bodies are gathered into sends of at least ``COALESCE_BYTES`` (the last one
+    excepted): a study of small instances goes out in a few sends instead of two per instance.
+    """
     first = True
+    pending: list[bytes] = []
+    size = 0
     async for part in _aiter(parts):
-        yield _head(part.content_type, part.location, boundary, first)
+        pending.append(_head(part.content_type, part.location, boundary, first))
+        size += len(pending[-1])
         first = False
         async for chunk in part.body:
-            yield chunk
-    yield _close(boundary, first)
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= COALESCE_BYTES:
+                yield pending[0] if len(pending) == 1 else b"".join(pending)
+                pending, size = [], 0
+    pending.append(_close(boundary, first))
+    yield b"".join(pending)
 
 
 def multipart_response(parts: AsyncIterable[Part] | Iterable[Part], part_type: str,
