@@ -140,6 +140,8 @@ class Server:
     # the archive's root URL, for /admin/status: reads are measured once every stored instance is
     # verified (and replicated), so that background work does not weigh on either side's figures
     root: str | None = None
+    # the server's cheapest answer (a health check): what any request costs at least
+    floor: str | None = None
 
     def settle(self, timeout: float = 1800) -> None:
         if self.root is None:
@@ -188,7 +190,8 @@ def orthanc(tmp: Path) -> Iterator[Server]:
 
     server = start_orthanc(tmp / "orthanc")
     try:
-        yield Server("orthanc", f"{server.url}/dicom-web", lambda: [server.process.pid])
+        yield Server("orthanc", f"{server.url}/dicom-web", lambda: [server.process.pid],
+                     floor=f"{server.url}/system")
     finally:
         server.process.terminate()
         server.process.wait(timeout=60)
@@ -200,7 +203,8 @@ def embedded(tmp: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
 
     gw = start_gateway(tmp / "gateway", {"DICOMGW_HTTP_WORKERS": "0", **(env or {})})  # as `make run`
     try:
-        yield Server("gateway", gw.url, lambda: process_tree(gw.process.pid), root=gw.root)
+        yield Server("gateway", gw.url, lambda: process_tree(gw.process.pid), root=gw.root,
+                     floor=f"{gw.root}/healthz")
     finally:
         gw.stop()
 
@@ -264,6 +268,16 @@ def read_figures(servers: list[Server], corpus: Corpus) -> dict[str, dict[str, f
         return times
 
     try:
+        if all(s.floor for s in servers):
+            floors: dict[str, list[float]] = {s.name: [] for s in servers}
+            for n in range(ROUNDS + 2):
+                for s in servers:
+                    assert s.floor is not None
+                    timing, _ = _get(clients[s.name], s.floor)
+                    if n >= 2:
+                        floors[s.name].append(timing)
+            for server, values in floors.items():
+                out[server]["empty answer (health check) p50 ms"] = statistics.median(values) * 1000
         for name, (path, params) in corpus.queries.items():
             for server, t in alternate(path, ROUNDS, params).items():
                 out[server][f"{name} p95 ms"] = p([s for s, _ in t], 95) * 1000
@@ -437,7 +451,8 @@ def run_stack(corpus: Corpus, tmp: Path, ohif: bool = False) -> dict[str, Any]:
             return sorted({q for proc in stack.procs.values() for q in process_tree(proc.pid)})
 
         gw = Server("gateway", config.url, pids, {"Authorization": f"Bearer {key}"},
-                    root=f"http://{config.host}:{config.port}")
+                    root=f"http://{config.host}:{config.port}",
+                    floor=f"http://{config.host}:{config.port}/healthz")
         env = config.service_env()
         s3 = StorageSettings(backend="s3", endpoint_url=env["DICOMGW_STORAGE_ENDPOINT_URL"],
                              bucket="bench-raw",
