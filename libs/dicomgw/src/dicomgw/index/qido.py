@@ -9,13 +9,13 @@ aggregated for the whole page in one grouped query each, never per row.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from sqlalchemy import ColumnElement, Select, and_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -460,7 +460,8 @@ def _element(keyword: str, value: Any) -> dict[str, Any]:
 
 
 def _members(text: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads("{" + text + "}") if text else {}
+    # orjson: decoding each result's stored JSON was 40 % of a search answering hundreds of studies
+    result: dict[str, Any] = orjson.loads("{" + text + "}") if text else {}
     return result
 
 
@@ -537,7 +538,7 @@ def _series_attrs(series: Series) -> dict[str, Any]:
 def _instance_attrs(instance: Instance, whole: bool) -> dict[str, Any]:
     """The instance's attributes: those kept for QIDO-RS, or (``whole``) all of its metadata."""
     if whole or not instance.qido_json:  # qido_json is empty on rows 0007 has not filled
-        attrs: dict[str, Any] = json.loads(instance.metadata_json)
+        attrs: dict[str, Any] = orjson.loads(instance.metadata_json)
         # bulk data (pixel data, overlays, ...) is for WADO-RS, never part of a QIDO-RS answer
         attrs = {t: v for t, v in attrs.items() if "BulkDataURI" not in v and "InlineBinary" not in v}
     else:
