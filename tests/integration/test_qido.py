@@ -283,6 +283,33 @@ async def test_limit_and_offset_page_through_results(client: httpx.AsyncClient) 
     assert study_uids(pages[0] + pages[1]) == {STUDY_A, STUDY_B, STUDY_C}
 
 
+async def test_a_long_answer_streams_page_by_page_with_the_same_results(
+        client: httpx.AsyncClient, backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers longer than a page of rows stream (10,000 instances never sit in memory at once);
+    here a page is 2 rows, so that this archive's few studies and instances span several pages."""
+    if not isinstance(backend, dict):
+        pytest.skip("the page size is patched in-process")
+    import dicomgw_query.routes
+
+    whole = {path: await client.get(f"/dicom-web{path}") for path in (
+        "/studies?PatientID=Q-PID-*", f"/studies/{STUDY_A}/instances?includefield=all", "/series")}
+    monkeypatch.setattr(dicomgw_query.routes, "PAGE_ROWS", 2)
+    for path, buffered in whole.items():
+        streamed = await client.get(f"/dicom-web{path}")
+        assert streamed.status_code == buffered.status_code == 200
+        assert len(buffered.json()) >= 2
+        assert streamed.json() == buffered.json(), path
+        assert "content-length" in buffered.headers
+        assert "content-length" not in streamed.headers  # sent as it was produced
+        assert streamed.headers["content-encoding"] == "gzip"  # httpx asks for it
+    # one row fewer than a page is answered whole
+    one = await client.get("/dicom-web/studies", params={"StudyInstanceUID": STUDY_B})
+    assert len(one.json()) == 1 and "content-length" in one.headers
+    # and a stream is cut at the limit, as a whole answer is
+    limited = await client.get("/dicom-web/studies", params={"PatientID": "Q-PID-*", "limit": 3})
+    assert limited.json() == whole["/studies?PatientID=Q-PID-*"].json()[:3]
+
+
 async def test_retrieve_url_points_at_the_resource(client: httpx.AsyncClient) -> None:
     [study] = await qido(client, "/studies", StudyInstanceUID=STUDY_B)
     root = str(client.base_url).rstrip("/")

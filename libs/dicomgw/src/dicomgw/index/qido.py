@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -465,6 +465,36 @@ def _members(text: str) -> dict[str, Any]:
     return result
 
 
+class _Answers:
+    """Rows of a search into DICOM JSON objects (without RetrieveURL); studies and series shared by
+    the rows are decoded once."""
+
+    def __init__(self, query: Query) -> None:
+        self.query = query
+        self.classes_wanted = query.wants(_SOP_CLASSES_IN_STUDY)
+        self.whole = needs_metadata(query)
+        self.study_attrs: dict[str, dict[str, Any]] = {}
+        self.series_attrs: dict[str, dict[str, Any]] = {}
+
+    def of(self, rows: Sequence[Any]) -> list[dict[str, Any]]:
+        query = self.query
+        results = []
+        for row in rows:
+            study: Study = row[-1]
+            if study.study_instance_uid not in self.study_attrs:
+                self.study_attrs[study.study_instance_uid] = _study_attrs(study, self.classes_wanted)
+            attrs = dict(self.study_attrs[study.study_instance_uid])
+            if query.level != "study":
+                series: Series = row[0] if query.level == "series" else row[1]
+                if series.series_instance_uid not in self.series_attrs:
+                    self.series_attrs[series.series_instance_uid] = _series_attrs(series)
+                attrs.update(self.series_attrs[series.series_instance_uid])
+            if query.level == "instance":
+                attrs.update(_instance_attrs(row[0], self.whole))
+            results.append(_select(query, attrs))
+        return results
+
+
 async def search(session: AsyncSession, query: Query, *,
                  case_insensitive: bool = True) -> list[dict[str, Any]]:
     """One page of results: DICOM JSON objects without RetrieveURL (the caller knows the base URL).
@@ -477,28 +507,38 @@ async def search(session: AsyncSession, query: Query, *,
         rows = rows[: query.limit]
         if query.limit_capped:
             query.warnings.append(TRUNCATED)
-    if not rows:
-        return []
-    classes_wanted = query.wants(_SOP_CLASSES_IN_STUDY)
-    study_attrs: dict[str, dict[str, Any]] = {}
-    series_attrs: dict[str, dict[str, Any]] = {}
-    whole = needs_metadata(query)
-    results = []
-    for row in rows:
-        # the instances of a page share a few studies and series: each is decoded once
-        study: Study = row[-1]
-        if study.study_instance_uid not in study_attrs:
-            study_attrs[study.study_instance_uid] = _study_attrs(study, classes_wanted)
-        attrs = dict(study_attrs[study.study_instance_uid])
-        if query.level != "study":
-            series: Series = row[0] if query.level == "series" else row[1]
-            if series.series_instance_uid not in series_attrs:
-                series_attrs[series.series_instance_uid] = _series_attrs(series)
-            attrs.update(series_attrs[series.series_instance_uid])
-        if query.level == "instance":
-            attrs.update(_instance_attrs(row[0], whole))
-        results.append(_select(query, attrs))
-    return results
+    return _Answers(query).of(rows) if rows else []
+
+
+# rows read from the cursor at a time by search_pages
+PAGE_ROWS = 500
+
+
+async def search_pages(session: AsyncSession, query: Query, *, case_insensitive: bool = True,
+                       page_rows: int = PAGE_ROWS) -> AsyncGenerator[list[dict[str, Any]]]:
+    """Every result of ``query`` up to its limit, ``page_rows`` at a time, read from a cursor as the
+    caller asks for them: memory holds one page whatever the number of results (10,000 instances of
+    a research series are a few hundred MB as Python objects). Whether more results remain than the
+    limit is ``more_results``'s to say, before the answer starts."""
+    answers = _Answers(query)
+    left = query.limit
+    result = await session.stream(build(query, case_insensitive=case_insensitive))
+    try:
+        async for rows in result.partitions(page_rows):
+            rows = rows[:left]
+            left -= len(rows)
+            if rows:
+                yield answers.of(rows)
+            if left <= 0:
+                break
+    finally:
+        await result.close()
+
+
+async def more_results(session: AsyncSession, query: Query, *, case_insensitive: bool = True) -> bool:
+    """Whether results remain beyond ``query``'s limit."""
+    beyond = build(query, case_insensitive=case_insensitive).limit(1).offset(query.offset + query.limit)
+    return (await session.execute(beyond)).first() is not None
 
 
 def _select(query: Query, available: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from dicomgw.multipart import parse_media_type, split_unquoted
 
@@ -98,6 +98,17 @@ def maybe_gzip(request: Request, body: bytes, media_type: str, *, status_code: i
         body = gzip.compress(body, compresslevel=5)
         headers["Content-Encoding"] = "gzip"
     return Response(body, status_code=status_code, media_type=media_type, headers=headers)
+
+
+def streamed_json(request: Request, chunks: AsyncIterator[bytes], media_type: str,
+                  headers: dict[str, str] | None = None) -> StreamingResponse:
+    """A JSON answer sent as it is produced; gzip-compressed on the way when the client accepts it."""
+    headers = dict(headers or {})
+    headers["Vary"] = "Accept-Encoding"
+    if accepts_gzip(request):
+        chunks = gzip_stream(chunks)
+        headers["Content-Encoding"] = "gzip"
+    return StreamingResponse(chunks, media_type=media_type, headers=headers)
 
 
 async def gzip_stream(chunks: AsyncIterator[bytes], level: int = 5) -> AsyncIterator[bytes]:
