@@ -34,6 +34,11 @@ async def done(index: IndexRepository, work: Work) -> None:
         await session.execute(delete(OutboxItem).where(OutboxItem.id == work.id))
 
 
+async def done_many(index: IndexRepository, works: list[Work]) -> None:
+    async with index.sessions.begin() as session:
+        await session.execute(delete(OutboxItem).where(OutboxItem.id.in_([w.id for w in works])))
+
+
 async def retry_later(index: IndexRepository, work: Work) -> None:
     """Back off exponentially (capped at an hour); the row stays, so the work is never lost."""
     delay = timedelta(seconds=min(3600, 2 ** min(work.attempts + 1, 12)))

@@ -12,7 +12,7 @@ from dicomgw import outbox
 from dicomgw.background import running
 from dicomgw.runtime import Runtime
 from dicomgw_worker import metrics
-from dicomgw_worker.tasks import HANDLERS, sweep
+from dicomgw_worker.tasks import HANDLERS, sweep, verify_many
 
 log = logging.getLogger("dicomgw.worker")
 
@@ -35,9 +35,26 @@ async def run_task(runtime: Runtime, work: outbox.Work) -> bool:
 
 
 async def drain_once(runtime: Runtime, *, limit: int = 100) -> int:
-    """Run every due outbox item once; returns how many were handled."""
+    """Run every due outbox item once; returns how many were handled.
+
+    The due verifications run together (``verify_many``: one transaction for all of them); should
+    that fail, each is run and retried on its own.
+    """
+    due = await outbox.due(runtime.index, limit=limit)
+    verifications = [work for work in due if work.task == "verify"]
     handled = 0
-    for work in await outbox.due(runtime.index, limit=limit):
+    if len(verifications) > 1:
+        try:
+            outcomes = await verify_many(runtime, [work.key for work in verifications])
+        except Exception:
+            log.exception("verifying a batch failed; verifying one by one")
+        else:
+            for work in verifications:
+                metrics.task_outcomes.labels(task="verify", outcome=outcomes[work.key]).inc()
+            await outbox.done_many(runtime.index, verifications)
+            handled = len(verifications)
+            due = [work for work in due if work.task != "verify"]
+    for work in due:
         handled += await run_task(runtime, work)
     return handled
 

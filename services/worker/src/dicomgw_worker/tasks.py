@@ -8,6 +8,7 @@ serve the embedded loop and the Celery workers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -60,26 +61,83 @@ async def enqueue(runtime: Runtime, task: str, keys: list[str]) -> None:
 _STATUS = {"good": "verified", "bad": "mismatch", "missing": "missing"}
 
 
+# copies hashed at once by verify_many
+CHECK_CONCURRENCY = 8
+
+
+async def _originals(runtime: Runtime, keys: list[str]) -> dict[str, Original]:
+    """What the index says of each key's original (keys without an index row are left out)."""
+    by_partition: dict[str, list[str]] = {}
+    for key in keys:
+        partition, uid = parse_work_key(key)
+        by_partition.setdefault(partition, []).append(uid)
+    found: dict[str, Original] = {}
+    async with runtime.index.sessions() as session:
+        for partition, uids in by_partition.items():
+            rows = await session.execute(
+                select(Instance.sop_instance_uid, Instance.object_key, Instance.size, Instance.sha256,
+                       Instance.replica_status)
+                .where(Instance.partition_name == partition, Instance.sop_instance_uid.in_(uids)))
+            for row in rows:
+                key = work_key(partition, row.sop_instance_uid)
+                found[key] = Original(key, row.object_key, row.size, bytes(row.sha256),
+                                      row.replica_status)
+    return found
+
+
 async def verify(runtime: Runtime, key: str) -> str:
     """Re-read and re-hash every copy; a bad or missing copy is repaired from a good one."""
-    original = await _original(runtime, key)
-    if original is None:
-        return "gone"
-    primary = await check(runtime.store, original)
-    metrics.checksum_results.labels(store="primary", result=primary).inc()
-    values: dict[str, object] = {"verify_status": _STATUS[primary], "verified_at": datetime.now(UTC)}
-    replica = None
-    # a replica copy not made yet is the replicate task's business, not a fault
-    if runtime.replica is not None and original.replica_status != "pending":
-        replica = await check(runtime.replica, original)
-        metrics.checksum_results.labels(store="replica", result=replica).inc()
-        if replica != "good":
-            values["replica_status"] = _STATUS[replica]
-    await _set(runtime, key, **values)
-    if primary != "good" or replica not in (None, "good"):
-        log.error("a copy failed verification", extra={"primary": primary, "replica": replica})
-        await enqueue(runtime, "repair", [key])
-    return _STATUS[primary]
+    return (await verify_many(runtime, [key]))[key]
+
+
+async def verify_many(runtime: Runtime, keys: list[str]) -> dict[str, str]:
+    """``verify`` of several originals: one index read, their copies hashed concurrently, one
+    transaction for all the outcomes. Returns each key's outcome ('verified', 'mismatch', 'missing'
+    or 'gone').
+
+    One original per transaction, the embedded loop verified about 110 instances/s while STOW stored
+    400/s (the 90,000-instance bench): a busy night left a growing backlog of unverified originals.
+    """
+    originals = await _originals(runtime, keys)
+    limit = asyncio.Semaphore(CHECK_CONCURRENCY)
+
+    async def checked(original: Original) -> tuple[Original, str, str | None]:
+        async with limit:
+            primary = await check(runtime.store, original)
+            replica = None
+            # a replica copy not made yet is the replicate task's business, not a fault
+            if runtime.replica is not None and original.replica_status != "pending":
+                replica = await check(runtime.replica, original)
+        return original, primary, replica
+
+    outcomes = await asyncio.gather(*(checked(o) for o in originals.values()))
+    now = datetime.now(UTC)
+    # one UPDATE per partition and outcome (nearly always: every key "verified")
+    updates: dict[tuple[str, tuple[tuple[str, object], ...]], list[str]] = {}
+    repairs: list[str] = []
+    for original, primary, replica in outcomes:
+        metrics.checksum_results.labels(store="primary", result=primary).inc()
+        values: dict[str, object] = {"verify_status": _STATUS[primary], "verified_at": now}
+        if replica is not None:
+            metrics.checksum_results.labels(store="replica", result=replica).inc()
+            if replica != "good":
+                values["replica_status"] = _STATUS[replica]
+        partition, uid = parse_work_key(original.key)
+        updates.setdefault((partition, tuple(sorted(values.items()))), []).append(uid)
+        if primary != "good" or replica not in (None, "good"):
+            log.error("a copy failed verification", extra={"primary": primary, "replica": replica})
+            repairs.append(original.key)
+    if updates:
+        async with runtime.index.sessions.begin() as session:
+            for (partition, values_items), uids in updates.items():
+                await session.execute(
+                    update(Instance)
+                    .where(Instance.partition_name == partition, Instance.sop_instance_uid.in_(uids))
+                    .values(**dict(values_items)))
+    await enqueue(runtime, "repair", repairs)
+    result = {key: "gone" for key in keys}
+    result.update({original.key: _STATUS[primary] for original, primary, _ in outcomes})
+    return result
 
 
 async def replicate(runtime: Runtime, key: str) -> str:
