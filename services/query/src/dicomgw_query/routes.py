@@ -89,12 +89,13 @@ async def _search(request: Request, runtime: RuntimeDep, level: Level,
     pages = search_pages(session, query, case_insensitive=case_insensitive, page_rows=PAGE_ROWS)
     streaming = False
     try:
+        first: list[dict[str, Any]] = await anext(pages, [])
+        if len(first) < PAGE_ROWS or query.limit <= PAGE_ROWS:  # the whole answer
+            headers = {"Warning": warning_header(query.warnings)} if query.warnings else {}
+            return maybe_gzip(request, b"[" + encoded(first) + b"]", media, headers=headers)
         if query.limit_capped and await more_results(session, query, case_insensitive=case_insensitive):
             query.warnings.append(TRUNCATED)
         headers = {"Warning": warning_header(query.warnings)} if query.warnings else {}
-        first: list[dict[str, Any]] = await anext(pages, [])
-        if len(first) < PAGE_ROWS:
-            return maybe_gzip(request, b"[" + encoded(first) + b"]", media, headers=headers)
 
         async def body() -> AsyncIterator[bytes]:
             try:
