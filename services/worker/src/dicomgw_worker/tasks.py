@@ -31,14 +31,7 @@ def _where(key: str) -> ColumnElement[bool]:
 
 
 async def _original(runtime: Runtime, key: str) -> Original | None:
-    async with runtime.index.sessions() as session:
-        row = (await session.execute(
-            select(Instance.object_key, Instance.size, Instance.sha256, Instance.replica_status)
-            .where(_where(key))
-        )).first()
-    if row is None:
-        return None
-    return Original(key, row.object_key, row.size, bytes(row.sha256), row.replica_status)
+    return (await _originals(runtime, [key])).get(key)
 
 
 async def _set(runtime: Runtime, key: str, **values: object) -> None:
