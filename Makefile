@@ -22,7 +22,8 @@ $(UV):
 	$(TOOLS)/uv/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
 
 install: $(UV)  ## install the Python workspace into .venv
-	$(UV) sync --frozen --all-packages --group dev
+	$(UV) sync --frozen --all-packages --group dev --compile-bytecode
+	$(UV_PROJECT_ENVIRONMENT)/bin/python -m compileall -q libs services tests bench > /dev/null
 
 run: install  ## serve the embedded gateway at http://127.0.0.1:$${PORT:-8080}/dicom-web
 	$(UV_PROJECT_ENVIRONMENT)/bin/dicomgw serve
