@@ -26,6 +26,8 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import multiprocess
 
+from dicomgw.processes import pid_alive
+
 # pause before an accept per connection served beyond the least busy process's, and its cap: long
 # enough for the least busy process to be scheduled on a loaded machine, short enough not to matter
 # for a connection that is then kept open
@@ -56,7 +58,7 @@ class Loads:
             values = self.array.get_obj()
             for slot in range(len(values) // 2):
                 pid = values[2 * slot]
-                if pid == 0 or not _alive(pid):
+                if pid == 0 or not pid_alive(pid):
                     values[2 * slot], values[2 * slot + 1] = os.getpid(), 0
                     self.slot = slot
                     return
@@ -82,23 +84,13 @@ class Loads:
             pid, count = values[2 * slot], values[2 * slot + 1]
             if pid == 0 or slot == self.slot:
                 continue
-            if count < values[2 * self.slot + 1] and not _alive(pid):  # only a rival is checked
+            if count < values[2 * self.slot + 1] and not pid_alive(pid):  # only a rival is checked
                 with self.array.get_lock():
                     if values[2 * slot] == pid:
                         values[2 * slot], values[2 * slot + 1] = 0, 0
                 continue
             counts.append(count)
         return counts
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _CountedConnections(set[Any]):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dicomgw.errors import StorageUnavailable
+from dicomgw.processes import pid_alive
 from dicomgw.storage.base import FileToStore, ObjectInfo, ObjectNotFound
 
 _COPY_CHUNK = 1 << 20
@@ -24,16 +25,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class LocalStore:
@@ -268,7 +259,7 @@ class LocalStore:
         """Temporaries left by a crash mid-write were never acknowledged: they go."""
         for folder in self._tmp.parent.iterdir():
             pid = folder.name.partition("-")[0]
-            if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            if folder.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(folder, ignore_errors=True)
             elif not folder.is_dir():  # a temporary of a version that kept them all in one folder
                 folder.unlink(missing_ok=True)
