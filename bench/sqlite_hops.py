@@ -4,9 +4,8 @@
 
 aiosqlite runs every call (execute, fetch, close, commit) on its own thread and hands the result back
 to the event loop: a thread round trip of 0.1-0.2 ms on this VM, several per statement. The second
-figure runs reads on the loop itself (an aiosqlite connection whose reads skip the thread, the
-sqlite3 connection opened with check_same_thread=False) and leaves writes and commits, which may wait
-for a lock or an fsync, on the thread. A measurement for issue 10, not used by the gateway yet.
+figure uses the gateway's own connection (dicomgw.index.sqlite_driver): a short SELECT runs on the
+loop itself, and writes and commits, which may wait for a lock or an fsync, stay on the thread.
 """
 
 from __future__ import annotations
@@ -18,23 +17,12 @@ import tempfile
 import time
 from typing import Any
 
-from aiosqlite.core import Connection
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-READS = ("select", "with")
+from dicomgw.index import sqlite_driver
+
 STATEMENTS = 3000
-
-
-class InlineReads(Connection):
-    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if not self._running or not self._connection:
-            raise ValueError("Connection closed")
-        name = getattr(fn, "__name__", "")
-        write = name in ("execute", "executemany") and not str(args[0]).lstrip().lower().startswith(READS)
-        if write or name == "commit":
-            return await super()._execute(fn, *args, **kwargs)
-        return fn(*args, **kwargs)
 
 
 def _database() -> str:
@@ -46,10 +34,7 @@ def _database() -> str:
 
 
 async def per_statement_us(path: str, inline: bool) -> float:
-    options: dict[str, Any] = {}
-    if inline:
-        options["async_creator"] = lambda: InlineReads(
-            lambda: sqlite3.connect(path, check_same_thread=False), 64)
+    options: dict[str, Any] = {"async_creator": sqlite_driver.connector(path)} if inline else {}
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}", **options)
     async with engine.connect() as conn:
         started = time.perf_counter()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from dicomgw.index import sqlite_driver
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -19,7 +22,7 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:  # type: ignor
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={sqlite_driver.BUSY_TIMEOUT_MS}")
     # QIDO matching is case-sensitive except for person names (which use folded columns)
     cur.execute("PRAGMA case_sensitive_like=ON")
     cur.close()
@@ -30,7 +33,10 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        options: dict[str, Any] = {"connect_args": {"timeout": sqlite_driver.BUSY_TIMEOUT_MS / 1000}}
+        if url.startswith("sqlite+aiosqlite:///") and path and path != ":memory:" and "?" not in path:
+            options = {"async_creator": sqlite_driver.connector(path)}
+        engine = create_async_engine(url, **options)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
