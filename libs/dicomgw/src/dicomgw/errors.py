@@ -104,10 +104,32 @@ class PayloadTooLarge(DicomgwError):
     title = "Payload too large"
 
 
-class StorageUnavailable(DicomgwError):
+# Seconds a client is asked to wait before it tries again while a back end is away: long enough for a
+# database fail-over or a restarted object store to answer, short enough for a forwarder's queue.
+RETRY_AFTER_SECONDS = 5
+
+
+class Unavailable(DicomgwError):
+    """A back end the request needs is away for now: 503 with Retry-After, and per instance 0xA700.
+
+    Retryable by definition: nothing of the request was acknowledged, so sending it again is safe.
+    """
+
     status = HTTPStatus.SERVICE_UNAVAILABLE
-    title = "Storage unavailable"
+    title = "Service unavailable"
     failure_reason = 0xA700
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+class StorageUnavailable(Unavailable):
+    title = "Storage unavailable"
+
+
+class IndexUnavailable(Unavailable):
+    title = "Index unavailable"
 
 
 # ---- instance-level errors (one FailedSOPSequence item each) ---------------------------------
@@ -145,6 +167,12 @@ class DuplicateInstance(InstanceRejected):
 
 
 class OutOfResources(InstanceRejected):
+    """One instance could not be stored for want of a back end or of space: worth sending again."""
+
     status = HTTPStatus.SERVICE_UNAVAILABLE
     title = "Refused: out of resources"
     failure_reason = 0xA700
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}

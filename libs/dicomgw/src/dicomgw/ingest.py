@@ -58,9 +58,18 @@ class StowOutcome:
 
     @property
     def status_code(self) -> int:
+        """PS3.18 10.5.3: 200 all stored, 202 some, 409 none; 503 when none could be stored and the
+        request may succeed later (a back end away for some of its instances), which a forwarder
+        retries, where it would take 409 as final."""
         if not self.failed:
             return 200
-        return 202 if self.succeeded else 409
+        if self.succeeded:
+            return 202
+        return 503 if self.retryable else 409
+
+    @property
+    def retryable(self) -> bool:
+        return any(r.error is not None and r.error.status == 503 for r in self.results)
 
 
 # a batch closes at this many parts or bytes (or at the end of the body)

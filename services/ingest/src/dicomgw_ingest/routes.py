@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from dicomgw.auth import WRITE
 from dicomgw.dicom.parse import valid_uid
 from dicomgw.errors import (
+    RETRY_AFTER_SECONDS,
     BadRequest,
     MethodNotAllowed,
     NotAcceptable,
@@ -80,7 +81,9 @@ async def _stow(request: Request, runtime: RuntimeDep, study_uid: str | None) ->
     count_outcomes(outcome)
     request.state.audit_studies = [r.study_instance_uid for r in outcome.results if r.study_instance_uid]
     dataset = response_dataset(outcome, base_url(request), study_uid)
-    return Response(json.dumps(dataset), status_code=outcome.status_code, media_type=DICOM_JSON)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if outcome.status_code == 503 else None
+    return Response(json.dumps(dataset), status_code=outcome.status_code, media_type=DICOM_JSON,
+                    headers=headers)
 
 
 @router.post("/studies")

@@ -24,7 +24,7 @@ from dicomgw.web.media import (
     gzip_stream,
     parse_accept,
 )
-from dicomgw.web.multipart import Part, multipart_response, once
+from dicomgw.web.multipart import Part, multipart_response, once, started
 from dicomgw.web.security import partition_of, requires
 from dicomgw_retrieve import negotiate, reader
 
@@ -96,6 +96,7 @@ async def _retrieve(request: Request, runtime: RuntimeDep, records: list[Instanc
     if len(records) == 1:
         part = await _instance_part(runtime, records[0], syntax, _location(base, records[0]),
                                     strict=syntax != negotiate.DEFAULT)
+        part.body = await started(part.body)
         if not choice.multipart:
             return StreamingResponse(part.body, media_type=part.content_type)
         return multipart_response([part], "application/dicom")
@@ -127,7 +128,7 @@ async def _retrieve(request: Request, runtime: RuntimeDep, records: list[Instanc
     if all(reader.serves_original(r, syntax) for r in records):
         sizes = [(_dicom_type(r.transfer_syntax_uid), _location(base, r), reader.served_size(r))
                  for r in records]
-    return multipart_response(parts(), "application/dicom", sizes=sizes)
+    return multipart_response(await started(parts()), "application/dicom", sizes=sizes)
 
 
 READ_AHEAD_BYTES = 16 << 20
@@ -139,6 +140,8 @@ async def _read_ahead(runtime: RuntimeDep, record: InstanceRecord, syntax: str, 
     part = await _instance_part(runtime, record, syntax, _location(base, record), strict=False)
     if record.size <= WHOLE_READ_BYTES:
         part.body = once(b"".join([chunk async for chunk in part.body]))
+    else:
+        part.body = await started(part.body)
     return part
 
 
@@ -257,7 +260,7 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
     headers: dict[str, str] = {}
     if located is not None:
         offset, length = located
-        body = runtime.store.open_stream(record.object_key, start=offset, length=length)
+        body = await started(runtime.store.open_stream(record.object_key, start=offset, length=length))
         headers["Content-Length"] = str(length)
     else:
         value = None

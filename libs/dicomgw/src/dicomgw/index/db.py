@@ -13,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from dicomgw.index import sqlite_driver
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CONNECT_SECONDS = 5
+POOL_SECONDS = 10
+STATEMENT_SECONDS = 120
 
 
 def _sqlite_pragmas(dbapi_connection, connection_record) -> None:  # type: ignore[no-untyped-def]
@@ -39,7 +42,14 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(url, **options)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # Bounded waits, so that a database that hangs (not down: hung) cannot hold every request: a
+    # connection must come within CONNECT_SECONDS, a pooled one free up within POOL_SECONDS, a
+    # statement answer within STATEMENT_SECONDS. Each ends in a 503 with Retry-After.
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql+asyncpg"):
+        connect_args = {"timeout": CONNECT_SECONDS, "command_timeout": STATEMENT_SECONDS}
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                               pool_timeout=POOL_SECONDS, connect_args=connect_args)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]

@@ -6,6 +6,7 @@ unless ``auth.protect_metrics``; /admin/* needs dicom.admin.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -23,6 +24,9 @@ from dicomgw.web.security import authorize, requires
 
 router = APIRouter(include_in_schema=False)
 
+# a probe that takes longer than this counts as a back end away (kubelet probes time out at 1-10 s)
+READY_PROBE_SECONDS = 3
+
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
@@ -32,19 +36,26 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Readiness: the index answers and the object store is reachable."""
-    checks: dict[str, str] = {}
-    try:
+    """Readiness: the index answers and the object store is reachable, each within a few seconds.
+
+    While either is away the process stays alive (``/healthz``) but takes no traffic from a load
+    balancer or Kubernetes Service.
+    """
+
+    async def index() -> None:
         async with runtime.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-        checks["index"] = "ok"
-    except Exception as exc:
-        checks["index"] = type(exc).__name__
-    try:
+
+    async def store() -> None:
         await runtime.store.exists("readyz-probe")
-        checks["store"] = "ok"
-    except Exception as exc:
-        checks["store"] = type(exc).__name__
+
+    checks: dict[str, str] = {}
+    for name, probe in (("index", index), ("store", store)):
+        try:
+            await asyncio.wait_for(probe(), READY_PROBE_SECONDS)
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = type(exc).__name__
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from starlette.responses import StreamingResponse
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -90,6 +93,30 @@ def multipart_response(parts: AsyncIterable[Part] | Iterable[Part], part_type: s
             first = False
         headers = {"content-length": str(length + len(_close(boundary, first)))}
     return StreamingResponse(encode_parts(parts, boundary), media_type=media, headers=headers)
+
+
+async def started(items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``items`` with its first item already produced.
+
+    A response's status line goes out with its first body chunk: a store that is away when the
+    first object is read then raises here, and the client gets a 503 it can retry rather than a
+    200 whose body stops short.
+    """
+    try:
+        first = await anext(items)
+    except StopAsyncIteration:
+        first = _NOTHING
+
+    async def resumed() -> AsyncIterator[T]:
+        if first is not _NOTHING:
+            yield first
+            async for item in items:
+                yield item
+
+    return resumed()
+
+
+_NOTHING: Any = object()
 
 
 async def once(data: bytes) -> AsyncIterator[bytes]:

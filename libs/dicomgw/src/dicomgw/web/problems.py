@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomgw.errors import DicomgwError
+from dicomgw.outages import as_outage
 
 log = logging.getLogger("dicomgw.errors")
 
@@ -58,6 +59,11 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    outage = as_outage(exc)
+    if outage is not None:
+        # a back end is away: the client is told to come back, and the log says which, briefly
+        log.warning("%s %s: %s: %s", request.method, request.url.path, outage.detail, exc)
+        return await _dicomgw_error(request, outage)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "Internal error", "the server could not complete the request")
 
