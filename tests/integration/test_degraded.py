@@ -9,6 +9,10 @@ nothing acknowledged before is lost or changed. Real PostgreSQL and MinIO, stopp
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +27,7 @@ from tests.fixtures.postgres import PostgresServer, start_postgres
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.timeout(300)
+DICOMGW = Path(sys.executable).parent / "dicomgw"
 STUDY_JSON = {"accept": "application/dicom+json"}
 WHOLE = {"accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
 
@@ -118,6 +123,30 @@ def test_the_object_store_stopping_is_a_503_and_nothing_is_lost(tmp_path: Path) 
         assert _stow(gw, during).status_code == 200
         assert _stored_digests(gw, first) == {hashlib.sha256(p).hexdigest() for p in before}
         assert _stored_digests(gw, second) == {hashlib.sha256(p).hexdigest() for p in during}
+    finally:
+        gw.stop()
+        minio.stop()
+
+
+def test_the_upload_cli_rides_out_a_stopped_object_store(tmp_path: Path) -> None:
+    minio: MinioServer = start_minio(tmp_path / "minio")
+    gw = start_gateway(tmp_path / "gw", minio.env("t-" + uuid.uuid4().hex[:16]))
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    parts = make_study(2, 4)
+    for i, data in enumerate(parts):
+        (folder / f"{i}.dcm").write_bytes(data)
+    try:
+        minio.stop()  # away when the upload starts, back a few seconds later
+        comeback = threading.Timer(3, minio.start)
+        comeback.start()
+        started = time.monotonic()
+        done = subprocess.run([str(DICOMGW), "upload", str(folder), "--url", gw.url, "--batch-mb", "0.05"],
+                              capture_output=True, text=True, timeout=240)
+        comeback.join()
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert time.monotonic() - started >= 3  # it did wait for the store
+        assert _stored_digests(gw, _study_uid(parts[0])) == {hashlib.sha256(p).hexdigest() for p in parts}
     finally:
         gw.stop()
         minio.stop()

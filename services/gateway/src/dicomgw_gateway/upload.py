@@ -51,6 +51,8 @@ FAILURE_REASONS = {
     0x0110: "processing failure",
 }
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+# the one per-instance failure a later attempt may cure: out of resources (a back end away)
+RETRYABLE_FAILURE = 0xA700
 MAX_RETRY_AFTER = 120.0
 CHUNK = 1 << 20
 QIDO_PAGE = 5000
@@ -394,7 +396,9 @@ class Uploader:
             if len(known) == before or not truncated:
                 return known
 
-    async def upload_batch(self, files: list[DicomFile], known: set[str]) -> None:
+    async def upload_batch(self, files: list[DicomFile], known: set[str], attempt: int = 0) -> None:
+        """Send ``files`` in one request; instances the server could not store for now (0xA700: a
+        back end away while the rest of the request was stored) are sent again after a back-off."""
         size = sum(f.size for f in files)
         try:
             response, sent = await self._send("POST", "/studies", files)
@@ -409,24 +413,32 @@ class Uploader:
             await self.upload_batch(files[half:], known)
             return
         self._advance(len(files), size - sent)
-        self._record(files, response, known)
+        again = self._record(files, response, known, retry=attempt < self.args.retries)
+        if again:
+            self._advance(-len(again), -sum(f.size for f in again))
+            await asyncio.sleep(backoff(attempt))
+            await self.upload_batch(again, known, attempt + 1)
 
-    def _record(self, files: list[DicomFile], response: httpx.Response | None, known: set[str]) -> None:
+    def _record(self, files: list[DicomFile], response: httpx.Response | None, known: set[str],
+                *, retry: bool = False) -> list[DicomFile]:
+        """Tally the response; the files worth sending again (when ``retry``)."""
         if response is None:
             self.tally.fail(files, UNREACHABLE)
-            return
+            return []
         if response.status_code not in (200, 202, 409):
             self.tally.fail(files, _http_failure(response))
-            return
+            return []
         try:
             result = parse_stow_response(response.json())
         except (ValueError, AttributeError):
             self.tally.fail(files, f"HTTP {response.status_code} with a body that is not DICOM JSON")
-            return
-        self._count(files, result, known)
+            return []
+        return self._count(files, result, known, retry=retry)
 
-    def _count(self, files: list[DicomFile], result: StowResult, known: set[str]) -> None:
+    def _count(self, files: list[DicomFile], result: StowResult, known: set[str],
+               *, retry: bool = False) -> list[DicomFile]:
         remaining = list(files)
+        again: list[DicomFile] = []
 
         def take(uid: str | None) -> DicomFile | None:
             match = next((f for f in remaining if f.sop_instance_uid == uid), None)
@@ -447,11 +459,15 @@ class Uploader:
         anonymous = [(remaining.pop(0) if remaining else None, None, code)
                      for uid, code in result.failed if not uid]
         for match, uid, code in named + anonymous:
+            if retry and match is not None and code == RETRYABLE_FAILURE:
+                again.append(match)
+                continue
             path = match.path if match else Path(f"<instance {uid or 'without a SOP Instance UID'}>")
             self.tally.fail([path], describe_failure(code))
         silent = len(files) - len(result.referenced) - len(result.failed)
         if silent > 0:
             self.tally.fail(remaining[:silent], "not mentioned in the server's response")
+        return again
 
     async def upload_study(self, study: str | None, files: list[DicomFile], limit: asyncio.Semaphore) -> None:
         async with limit:
