@@ -113,6 +113,9 @@ class HttpSettings(BaseSettings):
     max_request_bytes: int = 0
     # parts larger than this are spooled to disk while they stream in
     spool_memory_bytes: int = 1 << 20
+    # a STOW body that sends nothing for this long is answered 408 and its spooled parts removed: a
+    # slow or stalled sender cannot hold a connection and spool space for ever
+    body_idle_seconds: float = 60.0
     # processes serving HTTP (`dicomgw serve`); 0 = one per CPU core. They share one listening socket;
     # one of them also runs the background loop and the DIMSE listener.
     workers: int = 0

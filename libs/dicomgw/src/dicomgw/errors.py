@@ -84,6 +84,13 @@ class MethodNotAllowed(DicomgwError):
         return {"Allow": "GET, HEAD"}
 
 
+class RequestTimeout(DicomgwError):
+    """The client stopped sending its request body."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+    title = "Request timeout"
+
+
 class Conflict(DicomgwError):
     status = HTTPStatus.CONFLICT
     title = "Conflict"

@@ -19,7 +19,7 @@ from typing import IO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
-from dicomgw.errors import BadRequest, PayloadTooLarge
+from dicomgw.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 
 @dataclass
@@ -111,6 +111,68 @@ class _Spooler:
         self.done.clear()
 
 
+# RFC 2046 5.1.1 allows 1 to 70 characters; python-multipart's parser takes up to 256, and some
+# clients are generous, so the parser's limit is the gateway's.
+MAX_BOUNDARY = 256
+
+
+def check_boundary(boundary: str) -> bytes:
+    """The boundary as bytes, or a 400 that says what is wrong with it (never a parser's 500)."""
+    if not 0 < len(boundary) <= MAX_BOUNDARY:
+        raise BadRequest(f"the multipart boundary must be 1 to {MAX_BOUNDARY} characters long "
+                         f"(RFC 2046 says 70), not {len(boundary)}")
+    if not all(" " <= c <= "~" for c in boundary) or boundary.endswith(" "):
+        raise BadRequest("the multipart boundary may hold printable ASCII characters only, "
+                         "and may not end with a space (RFC 2046)")
+    return boundary.encode("ascii")
+
+
+async def idle_limited(body: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
+    """``body``, failing with 408 when the client sends nothing for ``seconds`` (0: no limit).
+
+    Only time spent waiting for the client counts (not time the gateway spends storing what came), and
+    one timer per request does it: a ``wait_for`` per chunk cost a task each.
+    """
+    if seconds <= 0:
+        async for chunk in body:
+            yield chunk
+        return
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    waiting_since: float | None = None
+    timed_out = False
+    handle: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal handle, timed_out
+        idle = 0.0 if waiting_since is None else loop.time() - waiting_since
+        if idle >= seconds:
+            timed_out = True
+            task.cancel()
+        else:
+            handle = loop.call_later(seconds - idle, check)
+
+    handle = loop.call_later(seconds, check)
+    try:
+        while True:
+            waiting_since = loop.time()
+            try:
+                chunk = await anext(body)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                if not timed_out:
+                    raise
+                task.uncancel()
+                raise RequestTimeout(f"the request body sent nothing for {seconds:g} s") from None
+            waiting_since = None
+            yield chunk
+    finally:
+        if handle is not None:
+            handle.cancel()
+
+
 async def spool_parts(
     body: AsyncIterator[bytes], boundary: str, spool_dir: Path, *, max_bytes: int = 0
 ) -> AsyncIterator[SpooledPart]:
@@ -118,8 +180,9 @@ async def spool_parts(
 
     Parts not yet yielded are removed if the body fails; yielded parts belong to the caller.
     """
+    marker = check_boundary(boundary)
     spooler = _Spooler(spool_dir)
-    parser = MultipartParser(boundary.encode("latin-1"), spooler.callbacks())  # type: ignore[arg-type]
+    parser = MultipartParser(marker, spooler.callbacks())  # type: ignore[arg-type]
     received = 0
     try:
         async for chunk in body:

@@ -18,7 +18,7 @@ from dicomgw.errors import (
     UnsupportedMediaType,
 )
 from dicomgw.ingest import StowOutcome, count_outcomes, store_parts
-from dicomgw.multipart import parse_media_type, spool_parts, spool_single
+from dicomgw.multipart import idle_limited, parse_media_type, spool_parts, spool_single
 from dicomgw.web.deps import RuntimeDep, base_url
 from dicomgw.web.security import partition_of, requires
 from dicomgw_ingest.stow import response_dataset
@@ -51,8 +51,12 @@ async def _stow(request: Request, runtime: RuntimeDep, study_uid: str | None) ->
     length = request.headers.get("content-length")
     if max_bytes and length and length.isdigit() and int(length) > max_bytes:
         raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+    coding = request.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):
+        # RFC 9110 15.5.16: a content coding the server does not take is a 415
+        raise UnsupportedMediaType(f"Content-Encoding {coding} is not accepted: send the parts as they are")
     media, params = parse_media_type(request.headers.get("content-type", ""))
-    body = request.stream()
+    body = idle_limited(request.stream(), settings.http.body_idle_seconds)
     if media == "multipart/related":
         part_type = params.get("type", "application/dicom").lower()
         if part_type != "application/dicom":

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from dicomgw.errors import DicomgwError
@@ -58,6 +58,14 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return problem(400, "Bad request", "; ".join(msgs))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody reads this answer; it is for the access log. Parts spooled so far were removed and
+    # nothing was acknowledged, so a client that comes back sends the request again.
+    log.info("%s %s: the client closed the connection before its body ended",
+             request.method, request.url.path)
+    return problem(400, "Bad request", "the request body ended early: the client disconnected")
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     outage = as_outage(exc)
     if outage is not None:
@@ -72,6 +80,7 @@ def install_problem_handlers(app: Starlette) -> None:
     """Register the one mapping of errors to problem+json responses on an app."""
     app.add_exception_handler(DicomgwError, _dicomgw_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     try:
         from fastapi.exceptions import RequestValidationError
 
