@@ -2,7 +2,8 @@
 
 Boundaries the parser cannot take (one of them answered 500), a content coding the gateway does not
 decode, a sender that stops half-way, a client that hangs up: each is a 4xx with
-application/problem+json, its spooled parts are removed, and the gateway keeps serving.
+application/problem+json, its spooled parts are removed, and the gateway keeps serving. A deflated
+part that would inflate a thousand times is refused (0xC000) before it is inflated.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
+import zlib
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.dicomdata import make_instance, multipart_related, split_multipart
+from tests.dicomdata import make_dataset, make_instance, multipart_related, split_multipart
 from tests.fixtures.gateway import Gateway
 from tests.polling import wait_for
 
@@ -114,3 +116,39 @@ def test_a_stalled_sender_gets_408_and_a_hang_up_leaves_nothing(
     [(_, served)] = split_multipart(original.content, original.headers["content-type"])
     assert hashlib.sha256(served).digest() == hashlib.sha256(instance).digest()
     assert "unhandled error" not in gw.log.read_text()
+
+
+def _deflate_bomb(zeros: int) -> bytes:
+    """A valid deflated PS3.10 file with ``zeros`` bytes of a private OB value: a few KB per MB."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = make_dataset()
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta, body = DicomBytesIO(), DicomBytesIO()
+    for fp in (meta, body):
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta)
+    write_dataset(body, ds)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    head = b"\x09\x00\x10\x10OB\x00\x00" + zeros.to_bytes(4, "little")  # (0009,1010) OB
+    stream = deflater.compress(body.getvalue() + head)
+    block = bytes(1 << 20)
+    for _ in range(zeros >> 20):
+        stream += deflater.compress(block)
+    return b"\x00" * 128 + b"DICM" + meta.getvalue() + stream + deflater.flush()
+
+
+def test_a_deflate_bomb_is_refused_without_inflating_it(gateway: Gateway) -> None:
+    bomb = _deflate_bomb(256 << 20)
+    assert len(bomb) < 1 << 20
+    body, content_type = multipart_related([bomb])
+    started = time.monotonic()
+    r = httpx.post(f"{gateway.url}/studies", content=body, timeout=120,
+                   headers={"content-type": content_type, **JSON})
+    assert r.status_code == 409, r.text[:300]
+    [failed] = r.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert time.monotonic() - started < 10  # inflating it all took 40 s and 6 GB

@@ -14,6 +14,7 @@ import io
 import json
 import re
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,6 +36,13 @@ BULK_BASE = "@@BASE@@"
 DEFER_BYTES = 1024
 # files up to this size are parsed from memory (parse_instance)
 IN_MEMORY_BYTES = 4 << 20
+# A deflated dataset is inflated whole to be parsed. A few KB of zeros deflated inflate to a GB (a
+# 1 MB part took 40 s, 6 GB of memory and ended in a 500), so what a part may inflate to is bounded:
+# at most INFLATE_RATIO times its size (deflated DICOM, mostly reports, inflates 2-10 times) and
+# never beyond INFLATED_MAX_BYTES.
+INFLATE_RATIO = 100
+INFLATED_MIN_LIMIT = 16 << 20
+INFLATED_MAX_BYTES = 256 << 20
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 PIXEL_DATA = 0x7FE00010
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
@@ -233,6 +241,29 @@ def _frames(pixel: dict[str, Any], ds: Dataset, eot: list[int] | None) -> list[l
     return frames if all(frames) else None
 
 
+def _check_inflated_size(fp: BinaryIO, file_size: int) -> None:
+    """Refuse a deflated dataset that inflates beyond the bounds above, inflating it in small steps
+    (memory stays at a chunk) and stopping as soon as it does."""
+    limit = min(max(INFLATE_RATIO * file_size, INFLATED_MIN_LIMIT), INFLATED_MAX_BYTES)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = 0
+    while not inflater.eof:
+        chunk = fp.read(1 << 16)
+        if not chunk:
+            return  # truncated: the parser says so
+        data = inflater.decompress(chunk, 1 << 20)
+        while True:
+            inflated += len(data)
+            if inflated > limit:
+                raise CannotUnderstand(
+                    f"the deflated dataset inflates to more than {limit} bytes "
+                    f"({INFLATE_RATIO} times its size at most, {INFLATED_MAX_BYTES} in all): "
+                    "refused as a possible decompression bomb")
+            if not inflater.unconsumed_tail:
+                break
+            data = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+
+
 def _check_uids(ds: Dataset) -> tuple[str, str, str, str]:
     out = []
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
@@ -292,6 +323,8 @@ def parse_instance(path: Path) -> ParsedInstance:
             raise CannotUnderstand("missing Transfer Syntax UID in File Meta Information")
         transfer_syntax = _check_transfer_syntax(str(ts_probe).rstrip("\0 "))
         deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
+        if deflated:
+            _check_inflated_size(fp, file_size)
         fp.seek(0)
         try:
             ds: FileDataset = pydicom.dcmread(
