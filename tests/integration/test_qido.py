@@ -324,7 +324,7 @@ async def test_retrieve_url_points_at_the_resource(client: httpx.AsyncClient) ->
      ("/studies", {"StudyDate": "20241231-20240101"}), ("/studies", {"StudyDate": "-"}),
      ("/studies", {"StudyTime": "10:15"}), ("/studies", {"StudyInstanceUID": "1.2.abc"}),
      ("/studies", {"StudyInstanceUID": "1.2.3,1.02"}), ("/studies", {"limit": "ten"}),
-     ("/studies", {"limit": "-1"}), ("/studies", {"offset": "1.5"}),
+     ("/studies", {"limit": "-1"}), ("/studies", {"offset": "1.5"}), ("/studies", {"limit": "\u00b2"}),
      ("/series", {"SeriesNumber": "one"}), ("/studies", {"fuzzymatching": "maybe"}),
      ("/studies", {"SOPClassesInStudy": "not-a-uid"}), ("/studies/1.2.x/series", {})],
 )
@@ -334,6 +334,14 @@ async def test_malformed_queries_are_400_problems(client: httpx.AsyncClient, pat
     assert resp.status_code == 400, resp.text
     assert resp.headers["content-type"] == "application/problem+json"
     assert resp.json()["status"] == 400
+
+
+async def test_an_offset_beyond_any_database_integer_is_an_empty_page(client: httpx.AsyncClient) -> None:
+    # 10**23 overflowed the database's 64-bit integer: a 500 (issue 11's hostile queries)
+    for level in ("/studies", "/series", "/instances"):
+        resp = await client.get(f"/dicom-web{level}", params={"offset": "9" * 23, "limit": "5000"})
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == []
 
 
 async def test_unsupported_and_unknown_keys_are_ignored_with_a_warning(client: httpx.AsyncClient) -> None:

@@ -195,10 +195,16 @@ def parse_query(level: Level, params: Iterable[tuple[str, str]], *, default_limi
     return query
 
 
+# below the largest integer a database binds (2**63 - 1); an offset beyond any result means the same
+_LARGEST = 2**62  # with room for the page arithmetic on top
+
+
 def _non_negative(name: str, value: str) -> int:
-    if not value.strip().isdigit():
+    text = value.strip()
+    # ASCII digits only: str.isdigit() also takes superscripts, which int() refuses
+    if not text or not text.isascii() or not text.isdigit():
         raise BadRequest(f"{name} must be a non-negative integer")
-    return int(value)
+    return min(int(text), _LARGEST)
 
 
 def _set_limit(query: Query, value: str, max_limit: int) -> None:
