@@ -12,7 +12,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 HELM_VERSION := v3.22.0
 HELM_DOCS_VERSION := v1.14.2
 
-.PHONY: help install run up down test test-unit lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-dcmtk tools-orthanc tools-browser
+.PHONY: help install run up down test test-unit fuzz lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-dcmtk tools-orthanc tools-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ test: install tools-minio tools-helm tools-helm-docs tools-kube tools-image tool
 
 test-unit: install  ## only the fast unit tests
 	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q tests/unit
+
+fuzz: install  ## fuzz the multipart reader and the DICOM parser longer than make test does (FUZZ_EXAMPLES, default 20000 each); failing inputs go to tests/fuzz/regressions
+	DICOMGW_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20000} DICOMGW_FUZZ_SAVE=1 $(UV_PROJECT_ENVIRONMENT)/bin/pytest -q -p no:cacheprovider tests/fuzz
 
 lint: install  ## ruff and mypy
 	$(UV_PROJECT_ENVIRONMENT)/bin/ruff check libs services tests bench

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import re
 import struct
 import zlib
@@ -29,9 +30,16 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from dicomgw.dicom.jsonfast import dataset_json
 from dicomgw.dicom.levels import INSTANCE_QIDO_TAGS, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
 from dicomgw.dicom.names import fold_person_name, person_name_words
-from dicomgw.errors import CannotUnderstand, SOPClassNotSupported, TransferSyntaxNotSupported
+from dicomgw.errors import (
+    CannotUnderstand,
+    InstanceRejected,
+    SOPClassNotSupported,
+    TransferSyntaxNotSupported,
+)
 
 # Placeholder at the start of every stored BulkDataURI; retrieval swaps in the request's base URL.
+log = logging.getLogger("dicomgw.parse")
+
 BULK_BASE = "@@BASE@@"
 DEFER_BYTES = 1024
 # files up to this size are parsed from memory (parse_instance)
@@ -296,8 +304,23 @@ def _check_transfer_syntax(ts: str) -> UID:
 
 
 def parse_instance(path: Path) -> ParsedInstance:
-    """Parse the PS3.10 file at ``path``; raise an InstanceRejected subclass if it is not acceptable."""
-    path = Path(path)
+    """Parse the PS3.10 file at ``path``; raise an InstanceRejected subclass if it is not acceptable.
+
+    Whatever the bytes: pydicom converts values lazily and raises what it meets on the way (an
+    unknown VR is a NotImplementedError, a bad length an IndexError or a struct.error...), so any
+    failure to read the dataset is a refusal of that one instance (0xC000), never a 500 for the
+    request. An OSError (the spooled file itself unreadable) stays what it is.
+    """
+    try:
+        return _parse_instance(Path(path))
+    except (InstanceRejected, OSError):
+        raise
+    except Exception as exc:
+        log.warning("refused a part the parser could not read: %s: %s", type(exc).__name__, exc)
+        raise CannotUnderstand(f"unreadable dataset: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+def _parse_instance(path: Path) -> ParsedInstance:
     file_size = path.stat().st_size
     # A file of a few MB (nearly every CT, MR or PET slice) is parsed from memory: pydicom's many
     # small reads, seeks and tells on a file were each a system call that let go of the interpreter
