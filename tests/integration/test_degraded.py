@@ -150,3 +150,42 @@ def test_the_upload_cli_rides_out_a_stopped_object_store(tmp_path: Path) -> None
     finally:
         gw.stop()
         minio.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: the embedded gateway's whole data folder (index, spool, objects) fills it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"this machine does not let the tests mount a tmpfs: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_a_503_and_nothing_is_lost(small_disk: Path) -> None:
+    gw = start_gateway(small_disk / "gw")
+    try:
+        acknowledged: list[list[bytes]] = []
+        refused: list[bytes] = []
+        for _ in range(60):
+            parts = make_study(1, 4)
+            r = _stow(gw, parts)
+            if r.status_code == 200:
+                acknowledged.append(parts)
+                continue
+            _assert_retry_later(r)
+            refused = parts
+            break
+        assert refused and len(acknowledged) > 3, "the disk never filled"
+        for parts in acknowledged:  # everything acknowledged before is there, byte for byte
+            assert _stored_digests(gw, _study_uid(parts[0])) == {hashlib.sha256(p).hexdigest() for p in parts}
+        assert httpx.get(f"{gw.root}/healthz", timeout=30).status_code == 200
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+        assert _stow(gw, refused).status_code == 200  # the retry, once there is room
+        assert _stored_digests(gw, _study_uid(refused[0])) == {hashlib.sha256(p).hexdigest() for p in refused}
+    finally:
+        gw.stop()

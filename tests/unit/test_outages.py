@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 
 import pytest
@@ -50,7 +51,8 @@ def _wrapped(cause: BaseException) -> BaseException:
 
 @pytest.mark.parametrize("error, kind", [
     (_sqlite(5, "database is locked"), IndexUnavailable),
-    (_sqlite(13, "database or disk is full"), IndexUnavailable),
+    (_sqlite(13, "database or disk is full"), Unavailable),  # the disk, whichever uses it
+    (OSError(errno.ENOSPC, "No space left on device"), Unavailable),
     (_sqlite(10 | (3 << 8), "disk I/O error"), IndexUnavailable),  # an extended code of SQLITE_IOERR
     (_PgError("57P03"), IndexUnavailable),  # the database system is starting up
     (_PgError("08006"), IndexUnavailable),  # connection failure

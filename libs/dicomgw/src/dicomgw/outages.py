@@ -61,11 +61,19 @@ def _is_store(exc: BaseException) -> bool:
     return False
 
 
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == 13  # SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def as_outage(exc: BaseException) -> Unavailable | None:
     """The 503 that ``exc`` stands for, if it (or what caused it) means a back end is away."""
     for cause in _causes(exc):
         if isinstance(cause, Unavailable):
             return cause
+        if _is_full(cause):
+            return Unavailable("no space left on the gateway's disk (index, spool or object folder)")
         if _is_index(cause):
             return IndexUnavailable(f"the index database is not answering ({type(cause).__name__})")
         if _is_store(cause):

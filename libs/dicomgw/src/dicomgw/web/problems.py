@@ -87,4 +87,24 @@ def install_problem_handlers(app: Starlette) -> None:
         app.add_exception_handler(RequestValidationError, _validation_error)
     except ImportError:  # pragma: no cover - starlette-only apps
         pass
+    # The failures a back end away raises, handled here rather than as any Exception: Starlette sends
+    # the answer to those and then raises them again, which logs a second traceback and closes the
+    # client's keep-alive connection; a 503 to retry should do neither.
+    for kind in _backend_failures():
+        app.add_exception_handler(kind, _unexpected)
     app.add_exception_handler(Exception, _unexpected)
+
+
+def _backend_failures() -> list[type[Exception]]:
+    import sqlite3
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    kinds: list[type[Exception]] = [OSError, TimeoutError, sqlite3.Error, SQLAlchemyError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kinds += [BotoCoreError, ClientError]
+    except ImportError:  # pragma: no cover - botocore comes with aiobotocore
+        pass
+    return kinds
