@@ -62,18 +62,20 @@ def summary(done: subprocess.CompletedProcess[str]) -> str:
 
 def test_folder_is_stored_and_bad_files_are_reported(gateway: Gateway, tmp_path: Path) -> None:
     study_a, study_b = make_study(2, 3), make_study(1, 2)
-    broken = make_instance()[:-3000]  # header intact, pixel data cut short
-    folder = write_folder(tmp_path / "in", [*study_a, *study_b, broken])
+    damaged = make_instance()[:-3000]  # header intact, pixel data cut short: archived, with a warning
+    broken = make_instance()[:400]  # cut inside its header: cannot be identified
+    folder = write_folder(tmp_path / "in", [*study_a, *study_b, damaged, broken])
     (folder / "notes.txt").write_text("not DICOM")
     (folder / "nested" / "tiny").write_bytes(b"DICM")
 
     done = upload(gateway.url, folder)
 
     assert done.returncode == 1, done.stdout + done.stderr
-    assert summary(done).startswith("stored 8, already present 0, failed 1 (9 DICOM file(s)")
+    assert summary(done).startswith("stored 9, already present 0, failed 1 (10 DICOM file(s)")
     assert "2 non-DICOM file(s) skipped" in summary(done)
+    assert "1 instance(s) stored with a warning" in done.stdout
     assert "failed: 1 x cannot understand (0xC000)" in done.stdout
-    assert "img8: cannot understand (0xC000)" in done.stdout  # the file is named
+    assert "img9: cannot understand (0xC000)" in done.stdout  # the file is named
     for parts in (study_a, study_b):
         assert stored_sops(gateway, uids(parts[0])[0]) == {uids(p)[2] for p in parts}
     study, series, sop = uids(study_a[4])

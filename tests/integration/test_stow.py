@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+from pathlib import Path
 
 import httpx
 import pydicom
@@ -71,16 +72,41 @@ def test_study_is_stored_byte_exact_and_acknowledged(gateway: Gateway) -> None:
 
 def test_partial_stow_returns_202_and_keeps_good_parts(gateway: Gateway) -> None:
     good = make_study(1, 2)
-    truncated = make_instance()[:-5000]
     not_dicom = b"%PDF-1.4 this is not a DICOM file" * 10
     no_sop_uid = make_dataset()
     del no_sop_uid.SOPInstanceUID
     missing = to_bytes(no_sop_uid)
-    resp = stow(gateway, [good[0], truncated, not_dicom, missing, good[1]])
+    cut_in_header = make_instance()[:300]  # its UIDs cannot be read
+    resp = stow(gateway, [good[0], not_dicom, missing, cut_in_header, good[1]])
     assert resp.status_code == 202, resp.text
     assert sorted(referenced(resp)) == sorted(sop_uid_of(p) for p in good)
     assert reasons(resp) == [0xC000, 0xC000, 0xC000]
-    assert sop_uid_of(truncated) not in stored_originals(gateway)
+
+
+def test_an_identified_but_damaged_instance_is_archived_as_received_with_a_warning(
+        gateway: Gateway) -> None:
+    """Issue 11: keep what can be identified. Its UIDs read, the rest not (Pixel Data cut short, a
+    value that does not decode): stored byte for byte, acknowledged with WarningReason 0xB007, served
+    as stored; frames are not located in it."""
+    import pydicom.data
+
+    folder = Path(pydicom.data.__file__).parent / "test_files"
+    truncated = make_instance()[:-5000]
+    damaged = [truncated, *((folder / n).read_bytes() for n in ("SC_rgb_jpeg.dcm", "MR_truncated.dcm",
+                                                                 "badVR.dcm"))]
+    resp = stow(gateway, damaged)
+    assert resp.status_code == 200, resp.text
+    items = resp.json()[REFERENCED]["Value"]
+    assert [item["00081196"]["Value"] for item in items] == [[0xB007]] * len(damaged)
+    for data, item in zip(damaged, items, strict=True):
+        assert item[SOP_UID]["Value"][0] == sop_uid_of(data)
+        url = item["00081190"]["Value"][0]
+        served = httpx.get(url, headers={"accept": "application/dicom; transfer-syntax=*"}, timeout=60)
+        assert served.status_code == 200
+        assert hashlib.sha256(served.content).digest() == hashlib.sha256(data).digest()
+        assert httpx.get(f"{url}/metadata", timeout=60).status_code == 200
+        frame = httpx.get(f"{url}/frames/1", headers={"accept": "application/octet-stream"}, timeout=60)
+        assert frame.status_code in (404, 406), frame.text[:200]
 
 
 def test_all_parts_failing_returns_409(gateway: Gateway) -> None:

@@ -82,7 +82,7 @@ def test_encapsulated_frames_are_the_fragments() -> None:
     ("mutate", "message"),
     [
         (lambda b: b"not dicom" * 50, "DICM"),
-        (lambda b: b[:-4000], "truncated"),
+        (lambda b: b[:300], "unreadable|missing|truncat"),  # cut before its UIDs
     ],
 )
 def test_unreadable_input_is_cannot_understand(tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -90,6 +90,15 @@ def test_unreadable_input_is_cannot_understand(tmp_path: Path, mutate, message: 
     path.write_bytes(mutate(make_instance()))
     with pytest.raises(CannotUnderstand, match=message):
         parse_instance(path)
+
+
+def test_an_identified_instance_cut_short_is_parsed_as_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(make_instance()[:-4000])
+    parsed = parse_instance(path)
+    assert "truncated" in parsed.layout["damaged"]
+    assert parsed.layout["frames"] is None
+    assert json.loads(parsed.metadata_json)["00080018"]["Value"] == [parsed.sop_instance_uid]
 
 
 def test_every_corpus_file_parses_to_valid_json() -> None:

@@ -42,6 +42,8 @@ class PartResult:
     stored: StoredObject | None = None
     error: DicomgwError | None = None
     already_present: bool = False
+    # what is wrong with an instance archived all the same (identified, but not readable throughout)
+    damaged: str | None = None
 
 
 @dataclass
@@ -72,6 +74,10 @@ class StowOutcome:
         return any(r.error is not None and r.error.status == 503 for r in self.results)
 
 
+# PS3.18 WarningReason of an instance archived although not all of it could be read: "Data Set does
+# not match SOP Class" (its Pixel Data runs past the end, a value does not decode...)
+DAMAGED_WARNING = 0xB007
+
 # a batch closes at this many parts or bytes (or at the end of the body)
 BATCH_PARTS = 16
 BATCH_BYTES = 32 << 20
@@ -98,6 +104,9 @@ def _check(part: SpooledPart, study_uid: str | None) -> tuple[PartResult, Parsed
         result.sop_instance_uid = parsed.sop_instance_uid
         result.study_instance_uid = parsed.study_instance_uid
         result.series_instance_uid = parsed.series_instance_uid
+        result.damaged = parsed.layout.get("damaged")
+        if result.damaged:
+            log.warning("part %d archived as received, damaged: %s", part.index, result.damaged)
         if study_uid is not None and parsed.study_instance_uid != study_uid:
             raise StudyInstanceUIDMismatch(
                 f"part {part.index} belongs to another study than the request URL names"
@@ -226,6 +235,6 @@ def count_outcomes(outcome: StowOutcome) -> None:
         elif r.already_present:
             STOW_INSTANCES.labels("present", "").inc()
         else:
-            STOW_INSTANCES.labels("stored", "").inc()
+            STOW_INSTANCES.labels("stored", f"0x{DAMAGED_WARNING:04X}" if r.damaged else "").inc()
             if r.stored is not None:
                 STOW_BYTES.inc(r.stored.size)

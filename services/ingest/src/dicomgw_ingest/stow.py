@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dicomgw.ingest import PartResult, StowOutcome
+from dicomgw.ingest import DAMAGED_WARNING, PartResult, StowOutcome
 
 __all__ = ["response_dataset"]
 
@@ -44,4 +44,6 @@ def _referenced_item(r: PartResult, base_url: str) -> dict[str, object]:
         f"{base_url}/studies/{r.study_instance_uid}/series/{r.series_instance_uid}"
         f"/instances/{r.sop_instance_uid}"
     ]}
+    if r.damaged:
+        item["00081196"] = {"vr": "US", "Value": [DAMAGED_WARNING]}
     return item

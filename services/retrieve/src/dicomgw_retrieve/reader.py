@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 
 from dicomgw.dicom.frames import (
     EXPLICIT_VR_BIG_ENDIAN,
+    PixelDataUndecodable,
     decode_frame,
     decode_frame_array,
     frames_from_whole,
@@ -77,8 +78,18 @@ async def read_part10(store: ObjectStore, record: InstanceRecord) -> bytes:
     return as_part10(await store.read(record.object_key))
 
 
+def undamaged(record: InstanceRecord) -> None:
+    """An instance archived damaged (identified, not readable throughout) is served only as stored:
+    its pixel data is not decoded, re-encoded or cut into frames."""
+    damage = record.layout.get("damaged")
+    if damage:
+        raise PixelDataUndecodable(f"the instance was archived as received but is damaged ({damage}): "
+                                   "it can be retrieved as stored only")
+
+
 async def transcoded(store: ObjectStore, record: InstanceRecord, transfer_syntax: str) -> bytes:
     """The whole instance re-encoded in a native syntax ('' = Explicit VR Little Endian)."""
+    undamaged(record)
     original = await read_part10(store, record)
     return await asyncio.to_thread(to_native, original, transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN)
 
@@ -126,6 +137,7 @@ async def frame(store: ObjectStore, record: InstanceRecord, number: int,
     """
     if not 1 <= number <= frame_count(record):
         raise NotFound(f"the instance has {frame_count(record)} frame(s)")
+    undamaged(record)
     stored_ts = record.transfer_syntax_uid
     if not ranges_usable(record):
         original = await read_part10(store, record)
@@ -187,6 +199,7 @@ async def bulk_value(store: ObjectStore, record: InstanceRecord, tag: str) -> by
 async def _decoded_frame(store: ObjectStore, record: InstanceRecord,
                          index: int) -> tuple[np.ndarray, Dataset]:
     """Frame ``index`` (0-based) decoded for display (colour as RGB) and the attributes to render it."""
+    undamaged(record)
     header = header_from_metadata(record.metadata_json)
     if ranges_usable(record) and not needs_whole_dataset(header):
         data = await stored_frame(store, record, index + 1)

@@ -249,6 +249,23 @@ def _frames(pixel: dict[str, Any], ds: Dataset, eot: list[int] | None) -> list[l
     return frames if all(frames) else None
 
 
+def _readable_json(ds: Dataset, little: bool, damage: list[str]) -> dict[str, Any]:
+    """The dataset's DICOM JSON; when some values cannot be decoded, the others (and a note)."""
+    try:
+        return dataset_json(ds, little)
+    except Exception:  # any value pydicom cannot decode: the slow way below
+        pass
+    out: dict[str, Any] = {}
+    for tag in list(ds.keys()):
+        one = Dataset()
+        try:
+            one.add(ds[tag])
+            out.update(dataset_json(one, little))
+        except Exception as exc:
+            damage.append(f"undecodable value of {tag}: {exc}"[:200])
+    return out
+
+
 def _check_inflated_size(fp: BinaryIO, file_size: int) -> None:
     """Refuse a deflated dataset that inflates beyond the bounds above, inflating it in small steps
     (memory stays at a chunk) and stopping as soon as it does."""
@@ -361,6 +378,9 @@ def _parse_instance(path: Path) -> ParsedInstance:
         _check_sop_class(sop_class)
 
         layout: dict[str, Any] = {"deflated": deflated, "bulk": {}, "preamble": has_preamble}
+        # From here on the instance is identified (its four UIDs read and valid): whatever else is
+        # wrong with it is damage, recorded, and the original is archived as received all the same.
+        damage: list[str] = []
         bulk_tags: dict[int, str] = {}
         implicit = transfer_syntax.is_implicit_VR
         little = transfer_syntax.is_little_endian
@@ -372,14 +392,22 @@ def _parse_instance(path: Path) -> ParsedInstance:
                 if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
                     vr = raw.VR or pydicom.datadict.dictionary_VR(tag)
                     if raw.value_tell + raw.length > file_size:
-                        raise CannotUnderstand(f"truncated: {tag} runs past the end of the file")
+                        damage.append(f"{tag} runs past the end of the file")
+                        del ds[tag]
+                        continue
                     if vr in BINARY_VRS:
                         layout["bulk"][f"{int(tag):08X}"] = [raw.value_tell, raw.length]
                         bulk_tags[int(tag)] = vr
                         del ds[tag]
             fp.seek(after_header)
+            layout["frames"] = None
+            pixel: dict[str, Any] | None = None
             if after_header < file_size:
-                pixel = _walk_pixel_data(fp, file_size, implicit, little)
+                try:
+                    pixel = _walk_pixel_data(fp, file_size, implicit, little)
+                except CannotUnderstand as exc:
+                    damage.append(exc.detail)
+            if pixel is not None:
                 if pixel["tag"] in _PIXEL_TAGS:
                     key = f"{pixel['tag']:08X}"
                     layout["bulk"][key] = [pixel["offset"], pixel["length"]]
@@ -388,16 +416,20 @@ def _parse_instance(path: Path) -> ParsedInstance:
                         "tag": key, "vr": pixel["vr"], "encapsulated": pixel["encapsulated"],
                         "offset": pixel["offset"], "length": pixel["length"],
                     }
-                    eot = None
-                    if "ExtendedOffsetTable" in ds:
-                        raw_eot = ds.ExtendedOffsetTable
-                        eot = list(struct.unpack(f"<{len(raw_eot) // 8}Q", raw_eot))
-                    layout["frames"] = _frames(pixel, ds, eot) if pixel["tag"] == PIXEL_DATA else None
+                    try:
+                        eot = None
+                        if "ExtendedOffsetTable" in ds:
+                            raw_eot = ds.ExtendedOffsetTable
+                            eot = list(struct.unpack(f"<{len(raw_eot) // 8}Q", raw_eot))
+                        if pixel["tag"] == PIXEL_DATA:
+                            layout["frames"] = _frames(pixel, ds, eot)
+                    except Exception as exc:
+                        damage.append(f"frames cannot be located: {exc}"[:200])
                 if fp.tell() < file_size:
                     try:
                         trailing = read_dataset(fp, implicit, little, defer_size=DEFER_BYTES)
                     except Exception as exc:
-                        raise CannotUnderstand(f"unreadable data after Pixel Data: {exc}") from exc
+                        damage.append(f"unreadable data after Pixel Data: {exc}")
         else:
             layout["frames"] = None
             for pixel_tag in _PIXEL_TAGS:
@@ -405,16 +437,16 @@ def _parse_instance(path: Path) -> ParsedInstance:
                     bulk_tags[pixel_tag] = ds[pixel_tag].VR
                     del ds[pixel_tag]
 
-        try:
-            json_dict = dataset_json(ds, little)
-            if trailing is not None:
-                for trailing_tag in list(trailing.keys()):
-                    item = trailing.get_item(trailing_tag)
-                    if isinstance(item, RawDataElement) and item.value is None and item.length:
-                        del trailing[trailing_tag]  # too large to inline; not needed for metadata
-                json_dict.update(dataset_json(trailing, little))
-        except Exception as exc:
-            raise CannotUnderstand(f"undecodable attribute value: {exc}") from exc
+        json_dict = _readable_json(ds, little, damage)
+        if trailing is not None:
+            for trailing_tag in list(trailing.keys()):
+                item = trailing.get_item(trailing_tag)
+                if isinstance(item, RawDataElement) and item.value is None and item.length:
+                    del trailing[trailing_tag]  # too large to inline; not needed for metadata
+            json_dict.update(_readable_json(trailing, little, damage))
+        if damage:
+            layout["damaged"] = "; ".join(damage)[:1000]
+            layout["frames"] = None  # served as stored; frames are not located in a damaged file
 
         instance_url = (
             f"{BULK_BASE}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
