@@ -27,7 +27,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomgw.audit import AuditEvent
 from dicomgw.config import Settings
-from dicomgw.ingest import store_parts
+from dicomgw.ingest import DAMAGED_WARNING, store_parts
 from dicomgw.multipart import SpooledPart
 from dicomgw.runtime import Runtime, open_runtime
 
@@ -72,6 +72,8 @@ class StorageSCP:
         if result.error is not None:
             log.info("C-STORE refused (0x%04X): %s", result.error.failure_reason, result.error.detail)
             return result.error.failure_reason
+        if result.damaged:
+            return DAMAGED_WARNING  # stored as received; a warning status, as STOW-RS says it too
         return SUCCESS
 
     def _audit(self, event: str, peer: tuple[str, str], *, outcome: int,
