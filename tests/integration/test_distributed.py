@@ -164,7 +164,8 @@ def test_primary_store_down_fails_clearly_and_loses_nothing(stack: Stack) -> Non
     try:
         during = make_study(1, 2)
         resp = stow(stack, during)
-        assert resp.status_code == 409
+        # a 503 that a forwarder retries (issue 11), where a 409 made it give up
+        assert resp.status_code == 503 and int(resp.headers["retry-after"]) > 0
         reasons = [i["00081197"]["Value"][0] for i in resp.json()["00081198"]["Value"]]
         assert reasons == [0xA700, 0xA700]
     finally:

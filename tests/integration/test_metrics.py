@@ -29,19 +29,23 @@ def _value(text: str, name: str, **labels: str) -> float:
 def test_metrics_count_requests_outcomes_and_integrity(make_gateway) -> None:  # type: ignore[no-untyped-def]
     gw = make_gateway(env={"DICOMGW_WORKER_POLL_SECONDS": "0.1"})
     parts = make_study(1, 3)
-    body, ct = multipart_related([*parts, make_instance()[:-4000]])
+    damaged = make_instance()[:-4000]  # identified, pixel data cut short: archived with 0xB007
+    unreadable = make_instance()[:300]  # cut before its UIDs: refused with 0xC000
+    body, ct = multipart_related([*parts, damaged, unreadable])
     resp = httpx.post(f"{gw.url}/studies", content=body, headers={"content-type": ct})
     assert resp.status_code == 202
-    study = resp.json()["00081190"]["Value"][0]
+    # two studies stored (the good one and the damaged instance's): the first instance's study
+    study = resp.json()["00081199"]["Value"][0]["00081190"]["Value"][0].split("/series/")[0]
     httpx.get(f"{study}/metadata")
     httpx.get(f"{gw.url}/studies/1.2.3.4/metadata")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         text = _scrape(gw.root)
-        if _value(text, "dicomgw_originals", status="verified") == 3:
+        if _value(text, "dicomgw_originals", status="verified") == 4:
             break
         time.sleep(0.2)
-    assert _value(text, "dicomgw_stow_instances_total", outcome="stored") == 3
+    assert _value(text, "dicomgw_stow_instances_total", outcome="stored", reason="") == 3
+    assert _value(text, "dicomgw_stow_instances_total", outcome="stored", reason="0xB007") == 1
     assert _value(text, "dicomgw_stow_instances_total", outcome="failed", reason="0xC000") == 1
     assert _value(text, "dicomgw_http_requests_total", route="/studies", method="POST",
                   status="202") == 1
@@ -50,7 +54,7 @@ def test_metrics_count_requests_outcomes_and_integrity(make_gateway) -> None:  #
     assert _value(text, "dicomgw_http_requests_total", route="/studies/{study}/metadata",
                   status="404") == 1
     assert _value(text, "dicomgw_http_request_bytes_total", route="/studies") >= len(body)
-    assert _value(text, "dicomgw_originals", status="verified") == 3
+    assert _value(text, "dicomgw_originals", status="verified") == 4
     assert _value(text, "dicomgw_outbox_depth", task="verify") == 0
     # no UID, and so no PHI-bearing header value, in any label
     assert not re.search(r'"[0-9]+(\.[0-9]+){4,}"', text)
