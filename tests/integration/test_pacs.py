@@ -164,3 +164,43 @@ def test_backfill_through_the_worker_tier(make_gateway, orthanc: OrthancServer, 
             assert len(held) == len(parts)
     finally:
         stop(worker)
+
+
+def test_forwarding_recovers_after_the_gateway_was_away(make_gateway, orthanc: OrthancServer,  # type: ignore[no-untyped-def]
+                                                        tmp_path: Path) -> None:
+    """A study that arrives while the gateway is down is forwarded once it is back (issue 11): the
+    rule's quick resubmits fail during the outage, and the next study to arrive sends it again."""
+    from urllib.parse import urlsplit
+
+    from tests.fixtures.gateway import start_gateway
+
+    gw, auth, key = _secured(make_gateway)
+    done = subprocess.run([DICOMGW, "pacs", "connect", "--orthanc", orthanc.url, "--gateway", gw.url,
+                           "--token", key], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    port = urlsplit(gw.url).port
+    gw.stop()
+
+    during = make_study(1, 2)
+    (tmp_path / "during").mkdir()
+    _send_by_dimse(orthanc, during, tmp_path / "during")
+    deadline = time.monotonic() + 60  # stable after 2 s, then six failed attempts
+    while time.monotonic() < deadline:
+        jobs = httpx.get(f"{orthanc.url}/jobs", params={"expand": ""}).json()
+        failed = [j for j in jobs if j["Type"] == "DicomWebStowClient" and j["State"] == "Failure"]
+        if failed and len(jobs) == len(failed):
+            time.sleep(3)  # past the quick resubmits
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(orthanc.log.read_text()[-2000:])
+
+    back = start_gateway(gw.data_dir, {"DICOMGW_AUTH_MODE": "required"}, port=port)
+    try:
+        after = make_study(1, 2)
+        (tmp_path / "after").mkdir()
+        _send_by_dimse(orthanc, after, tmp_path / "after")
+        _wait_for_instances(back.url, _study_uid(after[0]), 2, auth, orthanc)
+        _wait_for_instances(back.url, _study_uid(during[0]), 2, auth, orthanc)
+    finally:
+        back.stop()

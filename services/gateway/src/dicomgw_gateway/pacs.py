@@ -1,7 +1,8 @@
 """`dicomgw pacs connect|import`: hook an Orthanc PACS to the gateway and backfill what it holds.
 
 connect: registers the gateway as a DICOMweb server in Orthanc and installs a Lua rule that sends every
-new stable study by STOW-RS (an Orthanc job, resubmitted up to 5 times when it fails).
+new stable study by STOW-RS (an Orthanc job; a failed one is made again up to 5 times at once, and again
+each time a later study arrives, so a gateway away for hours loses nothing).
 import: copies the studies Orthanc holds (optionally --since a StudyDate) to the gateway, study by study;
 a study the gateway already holds in full is skipped, so a re-run resumes where the last one stopped.
 """
@@ -23,22 +24,49 @@ from dicomgw.pacs_import import ImportTally, import_study
 SERVER_NAME = "dicomgw"
 
 FORWARDING_RULE = """
--- dicomgw: forward every new stable study to the gateway by STOW-RS, retrying failed jobs
-dicomgwRetries = dicomgwRetries or {}
+-- dicomgw: forward every new stable study to the gateway by STOW-RS, retrying failed forwards.
+-- A failed STOW job is not resubmitted: Orthanc 1.10 resubmits it without its instances (an empty
+-- request). A new job is made for the study instead.
+dicomgwStudyOf = dicomgwStudyOf or {}  -- job -> the study it forwards
+dicomgwTries = dicomgwTries or {}      -- study -> failed forwards in a row
+dicomgwWaiting = dicomgwWaiting or {}  -- studies whose quick retries are spent
+
+function dicomgwForward(studyId)
+  local body = '{"Resources": ["' .. studyId .. '"], "Synchronous": false, "Priority": 0}'
+  local job = ParseJson(RestApiPost('%(root)s/servers/%(server)s/stow', body))
+  dicomgwStudyOf[job['ID']] = studyId
+end
 
 function OnStableStudy(studyId, tags, metadata)
-  local body = '{"Resources": ["' .. studyId .. '"], "Synchronous": false, "Priority": 0}'
-  RestApiPost('%(root)s/servers/%(server)s/stow', body)
+  dicomgwForward(studyId)
+  -- Orthanc 1.10 has no timer for Lua: the next study to arrive is the clock. Studies whose
+  -- forwarding gave up while the gateway was away go again now.
+  for waiting, _ in pairs(dicomgwWaiting) do
+    dicomgwWaiting[waiting] = nil
+    dicomgwTries[waiting] = 0
+    dicomgwForward(waiting)
+  end
 end
 
 function OnJobFailure(jobId)
-  local job = ParseJson(RestApiGet('/jobs/' .. jobId))
-  if job['Type'] == 'DicomWebStowClient' then
-    local tries = (dicomgwRetries[jobId] or 0) + 1
+  local studyId = dicomgwStudyOf[jobId]
+  if studyId ~= nil then
+    dicomgwStudyOf[jobId] = nil
+    local tries = (dicomgwTries[studyId] or 0) + 1
+    dicomgwTries[studyId] = tries
     if tries <= 5 then
-      dicomgwRetries[jobId] = tries
-      RestApiPost('/jobs/' .. jobId .. '/resubmit', '')
+      dicomgwForward(studyId)
+    else
+      dicomgwWaiting[studyId] = true
     end
+  end
+end
+
+function OnJobSuccess(jobId)
+  local studyId = dicomgwStudyOf[jobId]
+  if studyId ~= nil then
+    dicomgwStudyOf[jobId] = nil
+    dicomgwTries[studyId] = nil
   end
 end
 """
