@@ -60,6 +60,21 @@ def _stored_digests(gw: Gateway, study: str) -> set[str]:
             for _, body in split_multipart(r.content, r.headers["content-type"])}
 
 
+def _assert_intact(gw: Gateway, parts: list[bytes]) -> None:
+    """The study of ``parts`` is served, every instance byte for byte."""
+    assert _stored_digests(gw, _study_uid(parts[0])) == {hashlib.sha256(p).hexdigest() for p in parts}
+
+
+def _assert_not_ready_but_alive(gw: Gateway, check: str) -> None:
+    ready = httpx.get(f"{gw.root}/readyz", timeout=30)
+    assert ready.status_code == 503 and ready.json()["checks"][check] != "ok"
+    assert httpx.get(f"{gw.root}/healthz", timeout=30).status_code == 200
+
+
+def _wait_until_ready(gw: Gateway) -> None:
+    wait_for(lambda: httpx.get(f"{gw.root}/readyz", timeout=30).status_code == 200, 60)
+
+
 @pytest.fixture
 def postgres() -> Iterator[PostgresServer]:
     server = start_postgres()
@@ -82,18 +97,16 @@ def test_the_index_database_crashing_is_a_503_and_nothing_is_lost(postgres: Post
             r = httpx.get(gw.url + path, headers=STUDY_JSON, timeout=60)
             _assert_retry_later(r)
             assert r.headers["content-type"].startswith("application/problem+json"), path
-        ready = httpx.get(f"{gw.root}/readyz", timeout=30)
-        assert ready.status_code == 503 and ready.json()["checks"]["index"] != "ok"
-        assert httpx.get(f"{gw.root}/healthz", timeout=30).status_code == 200
+        _assert_not_ready_but_alive(gw, "index")
 
         postgres.start()
-        wait_for(lambda: httpx.get(f"{gw.root}/readyz", timeout=30).status_code == 200, 60)
+        _wait_until_ready(gw)
         assert _stow(gw, during).status_code == 200  # the forwarder's retry
         studies = {s["0020000D"]["Value"][0]
                    for s in httpx.get(f"{gw.url}/studies", headers=STUDY_JSON, timeout=60).json()}
         assert {first, second} <= studies
-        assert _stored_digests(gw, first) == {hashlib.sha256(p).hexdigest() for p in before}
-        assert _stored_digests(gw, second) == {hashlib.sha256(p).hexdigest() for p in during}
+        _assert_intact(gw, before)
+        _assert_intact(gw, during)
     finally:
         gw.stop()
 
@@ -103,7 +116,7 @@ def test_the_object_store_stopping_is_a_503_and_nothing_is_lost(tmp_path: Path) 
     gw = start_gateway(tmp_path / "gw", minio.env("t-" + uuid.uuid4().hex[:16]))
     try:
         before, during = make_study(1, 3), make_study(1, 3)
-        first, second = _study_uid(before[0]), _study_uid(during[0])
+        first = _study_uid(before[0])
         assert _stow(gw, before).status_code == 200
 
         minio.stop()
@@ -114,15 +127,13 @@ def test_the_object_store_stopping_is_a_503_and_nothing_is_lost(tmp_path: Path) 
         assert {item["00081197"]["Value"][0] for item in failed} == {0xA700}
         retrieve = httpx.get(f"{gw.url}/studies/{first}", headers=WHOLE, timeout=60)
         _assert_retry_later(retrieve)
-        ready = httpx.get(f"{gw.root}/readyz", timeout=30)
-        assert ready.status_code == 503 and ready.json()["checks"]["store"] != "ok"
-        assert httpx.get(f"{gw.root}/healthz", timeout=30).status_code == 200
+        _assert_not_ready_but_alive(gw, "store")
 
         minio.start()
-        wait_for(lambda: httpx.get(f"{gw.root}/readyz", timeout=30).status_code == 200, 60)
+        _wait_until_ready(gw)
         assert _stow(gw, during).status_code == 200
-        assert _stored_digests(gw, first) == {hashlib.sha256(p).hexdigest() for p in before}
-        assert _stored_digests(gw, second) == {hashlib.sha256(p).hexdigest() for p in during}
+        _assert_intact(gw, before)
+        _assert_intact(gw, during)
     finally:
         gw.stop()
         minio.stop()
@@ -146,7 +157,7 @@ def test_the_upload_cli_rides_out_a_stopped_object_store(tmp_path: Path) -> None
         comeback.join()
         assert done.returncode == 0, done.stdout + done.stderr
         assert time.monotonic() - started >= 3  # it did wait for the store
-        assert _stored_digests(gw, _study_uid(parts[0])) == {hashlib.sha256(p).hexdigest() for p in parts}
+        _assert_intact(gw, parts)
     finally:
         gw.stop()
         minio.stop()
@@ -181,11 +192,11 @@ def test_a_full_disk_is_a_503_and_nothing_is_lost(small_disk: Path) -> None:
             break
         assert refused and len(acknowledged) > 3, "the disk never filled"
         for parts in acknowledged:  # everything acknowledged before is there, byte for byte
-            assert _stored_digests(gw, _study_uid(parts[0])) == {hashlib.sha256(p).hexdigest() for p in parts}
+            _assert_intact(gw, parts)
         assert httpx.get(f"{gw.root}/healthz", timeout=30).status_code == 200
 
         subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
         assert _stow(gw, refused).status_code == 200  # the retry, once there is room
-        assert _stored_digests(gw, _study_uid(refused[0])) == {hashlib.sha256(p).hexdigest() for p in refused}
+        _assert_intact(gw, refused)
     finally:
         gw.stop()

@@ -116,19 +116,24 @@ class PayloadTooLarge(DicomgwError):
 RETRY_AFTER_SECONDS = 5
 
 
-class Unavailable(DicomgwError):
-    """A back end the request needs is away for now: 503 with Retry-After, and per instance 0xA700.
-
-    Retryable by definition: nothing of the request was acknowledged, so sending it again is safe.
-    """
+class RetryLater(DicomgwError):
+    """503 with Retry-After, and 0xA700 for one instance: what failed may succeed when sent again."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
-    title = "Service unavailable"
     failure_reason = 0xA700
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+class Unavailable(RetryLater):
+    """A back end the request needs is away for now.
+
+    Retryable by definition: nothing of the request was acknowledged, so sending it again is safe.
+    """
+
+    title = "Service unavailable"
 
 
 class StorageUnavailable(Unavailable):
@@ -173,13 +178,7 @@ class DuplicateInstance(InstanceRejected):
     failure_reason = 0x0111
 
 
-class OutOfResources(InstanceRejected):
+class OutOfResources(RetryLater, InstanceRejected):
     """One instance could not be stored for want of a back end or of space: worth sending again."""
 
-    status = HTTPStatus.SERVICE_UNAVAILABLE
     title = "Refused: out of resources"
-    failure_reason = 0xA700
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(RETRY_AFTER_SECONDS)}

@@ -13,16 +13,17 @@ import sqlite3
 from dicomgw.errors import IndexUnavailable, StorageUnavailable, Unavailable
 
 # SQLite's primary result codes for a database it cannot use right now: busy, locked, out of memory,
-# an I/O error, a full disk, a file it cannot open, a locking protocol error
-_SQLITE_AWAY = {5, 6, 7, 10, 13, 14, 15}
+# an I/O error, a file it cannot open, a locking protocol error (a full disk, 13, is _is_full's)
+_SQLITE_AWAY = {5, 6, 7, 10, 14, 15}
 # PostgreSQL SQLSTATE classes: connection exception, insufficient resources, operator intervention
 # (shutdown, "the database system is starting up"), system error
 _POSTGRES_AWAY = {"08", "53", "57", "58"}
 # An S3 error code or HTTP status that says "later", not "no"
 _S3_AWAY = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError",
             "XMinioServerNotInitialized", "XMinioStorageFull", "XMinioReadQuorum", "XMinioWriteQuorum"}
-_NETWORK_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
-                   errno.ENETUNREACH, errno.ETIMEDOUT, errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EIO}
+# a back end that refuses, drops or does not answer, or a disk that fails (a full one is _is_full's)
+_AWAY_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
+                errno.ENETUNREACH, errno.ETIMEDOUT, errno.EPIPE, errno.EIO}
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -81,6 +82,6 @@ def as_outage(exc: BaseException) -> Unavailable | None:
     for cause in _causes(exc):
         # a connection refused or reset, a timeout: the back end is whichever the stack says
         if isinstance(cause, TimeoutError) or (
-                isinstance(cause, OSError) and cause.errno in _NETWORK_ERRNOS):
+                isinstance(cause, OSError) and cause.errno in _AWAY_ERRNOS):
             return Unavailable(f"a back end is not answering ({type(cause).__name__})")
     return None
