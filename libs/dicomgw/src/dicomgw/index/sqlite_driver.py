@@ -101,7 +101,9 @@ class Connection(aiosqlite.Connection):
         def over_budget() -> int:
             return 1 if time.perf_counter() > deadline else 0
 
-        conn.execute("PRAGMA busy_timeout=0").close()
+        if not self._no_busy_wait:
+            conn.execute("PRAGMA busy_timeout=0").close()
+            self._no_busy_wait = True  # until the thread's next call puts the timeout back
         conn.set_progress_handler(over_budget, _STEPS_PER_CHECK)
         try:
             cursor.execute(sql, params)
@@ -112,7 +114,20 @@ class Connection(aiosqlite.Connection):
             raise
         finally:
             conn.set_progress_handler(None, 0)
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}").close()
+
+    # The busy timeout is switched only when the side changes (a pragma each way cost 20-40 us a
+    # SELECT): off for reads on the loop, back on before the thread's next call, which may wait.
+    _no_busy_wait = False
+
+    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._no_busy_wait and self._connection is not None:
+            self._no_busy_wait = False
+            fn = partial(self._with_busy_timeout, fn)
+        return await super()._execute(fn, *args, **kwargs)
+
+    def _with_busy_timeout(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}").close()
+        return fn(*args, **kwargs)
 
     @contextmanager
     async def cursor(self) -> aiosqlite.Cursor:
