@@ -58,6 +58,11 @@ class WorkerSettings(BaseSettings):
     verify_cycle_seconds: float = 7 * 24 * 3600
     # an outbox item handed to Celery is offered again after this lease if not done
     lease_seconds: float = 600
+    # seconds between orphan sweeps (originals in the store that no index row references; 0: never)
+    orphan_sweep_seconds: float = 24 * 3600
+    # an unreferenced original younger than this may belong to a STOW still under way: never touched.
+    # Longer than the longest STOW request (its first parts are stored before its rows are committed).
+    orphan_grace_seconds: float = Field(default=3600, ge=0)
     # port of the Celery worker's /metrics (its pool processes share one multiprocess registry)
     metrics_port: int = 9808
     task_soft_time_limit: float = 600

@@ -110,6 +110,39 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if damaged else 0
 
 
+def _orphans(args: argparse.Namespace) -> int:
+    """The orphan sweep on demand (dicomgw.orphans), on the index and stores ``keys.cli_settings`` finds."""
+    import asyncio
+    import json
+
+    from dicomgw.orphans import OrphanReport
+    from dicomgw.runtime import open_runtime
+    from dicomgw_worker.tasks import orphan_sweep
+
+    settings, where = keys.cli_settings()
+    print(f"orphan sweep of {where}", file=sys.stderr)
+
+    async def run() -> OrphanReport:
+        async with open_runtime(settings, migrate=settings.index.migrate) as runtime:
+            return await orphan_sweep(runtime, grace_seconds=args.grace, dry_run=args.dry_run,
+                                      limit=args.limit)
+
+    report = asyncio.run(run())
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+        return 0
+    for o in report.orphans:
+        modified = o.modified.strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"{o.store:<8} {o.action:<8} {o.size:>12} {modified}  {o.key}  ({o.reason})")
+    summary = report.summary()
+    print(f"{'(dry run) ' if report.dry_run else ''}listed {sum(report.listed.values())} originals; "
+          f"{summary['found']} orphans ({summary['bytes']} bytes): {summary['indexed']} indexed, "
+          f"{summary['removed']} removed, {summary['kept']} kept, {summary['skipped']} skipped; "
+          f"{sum(report.young.values())} unreferenced within the grace period of {report.grace_seconds:g} s"
+          + ("" if report.complete else "; stopped at the limit, run again to carry on"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dicomgw", description="DICOMweb gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--now", action="store_true", help="first queue every original for re-verification")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=_verify)
+    orphans = sub.add_parser("orphans", help="originals in the store that no index row references")
+    orphans_sub = orphans.add_subparsers(dest="action", required=True)
+    orphans_sweep = orphans_sub.add_parser(
+        "sweep", help="index the complete ones, remove the rest (past the grace period; see README)")
+    orphans_sweep.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                               help="leave alone what is younger (default: "
+                                    "$DICOMGW_WORKER_ORPHAN_GRACE_SECONDS, 3600)")
+    orphans_sweep.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
+    orphans_sweep.add_argument("--limit", type=int, default=10_000,
+                               help="stop after indexing or removing this many (default 10000)")
+    orphans_sweep.add_argument("--json", action="store_true", help="machine-readable output")
+    orphans_sweep.set_defaults(func=_orphans)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

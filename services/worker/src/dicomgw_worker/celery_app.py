@@ -18,7 +18,7 @@ from dicomgw import outbox
 from dicomgw.config import Settings
 from dicomgw.runtime import Runtime, open_runtime
 from dicomgw_worker import metrics
-from dicomgw_worker.tasks import HANDLERS, sweep
+from dicomgw_worker.tasks import HANDLERS, orphan_sweep, sweep
 
 log = logging.getLogger("dicomgw.worker")
 
@@ -31,6 +31,8 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "dicomgw.import_study": {"queue": "import"},
     # research collections: long steps of their own, so that an operator can give them other workers
     "dicomgw.collect": {"queue": "collect"},
+    # a listing of whole buckets, for as long as it takes: a queue of its own for the same reason
+    "dicomgw.orphan_sweep": {"queue": "orphans"},
 }
 QUEUES = sorted({route["queue"] for route in TASK_ROUTES.values()})
 
@@ -38,6 +40,14 @@ QUEUES = sorted({route["queue"] for route in TASK_ROUTES.values()})
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or Settings()
     app = Celery("dicomgw", broker=settings.worker.broker_url)
+    beat_schedule: dict[str, dict[str, Any]] = {
+        "sweep": {"task": "dicomgw.sweep", "schedule": settings.worker.sweep_seconds},
+    }
+    if settings.worker.orphan_sweep_seconds > 0:
+        beat_schedule["orphan-sweep"] = {"task": "dicomgw.orphan_sweep",
+                                         "schedule": settings.worker.orphan_sweep_seconds}
+    # An orphan sweep lists whole buckets: it may take up to its interval, not a task's usual limits.
+    orphan_limit = max(settings.worker.task_soft_time_limit, settings.worker.orphan_sweep_seconds)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -52,9 +62,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_time_limit=settings.worker.task_time_limit,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": int(settings.worker.lease_seconds) * 2},
-        beat_schedule={
-            "sweep": {"task": "dicomgw.sweep", "schedule": settings.worker.sweep_seconds},
-        },
+        beat_schedule=beat_schedule,
+        task_annotations={"dicomgw.orphan_sweep": {"soft_time_limit": orphan_limit,
+                                                   "time_limit": orphan_limit + 300}},
         worker_concurrency=settings.worker.concurrency,
         worker_hijack_root_logger=False,
     )
@@ -187,3 +197,25 @@ def sweep_task() -> dict[str, int]:
     assert runtime is not None
     result: dict[str, int] = _ProcessRuntime.run(sweep(runtime))
     return result
+
+
+# Acknowledged on receipt, unlike the outbox tasks: a run may outlast the broker's visibility timeout,
+# and redelivered it would run twice at once (harmless, but twice the listing); a run lost with its
+# worker is simply the next one that beat sends.
+@celery.task(name="dicomgw.orphan_sweep", acks_late=False)
+def orphan_sweep_task() -> dict[str, int]:
+    """Index or remove the originals no index row references (dicomgw.orphans)."""
+    runtime = _ProcessRuntime.runtime
+    if runtime is None:
+        _ProcessRuntime.start()
+        runtime = _ProcessRuntime.runtime
+    assert runtime is not None
+    try:
+        report = _ProcessRuntime.run(orphan_sweep(runtime))
+    except Exception:
+        metrics.task_outcomes.labels(task="orphan-sweep", outcome="error").inc()
+        raise
+    metrics.task_outcomes.labels(task="orphan-sweep",
+                                 outcome="complete" if report.complete else "partial").inc()
+    summary: dict[str, int] = report.summary()
+    return summary

@@ -12,7 +12,7 @@ from dicomgw import outbox
 from dicomgw.background import running
 from dicomgw.runtime import Runtime
 from dicomgw_worker import metrics
-from dicomgw_worker.tasks import HANDLERS, sweep, verify_many
+from dicomgw_worker.tasks import HANDLERS, orphan_sweep, sweep, verify_many
 
 log = logging.getLogger("dicomgw.worker")
 
@@ -74,7 +74,26 @@ async def _run(runtime: Runtime) -> None:
             await asyncio.sleep(runtime.settings.worker.poll_seconds)
 
 
+# the first orphan sweep waits at most this long after start (a restart every day still sweeps)
+FIRST_ORPHAN_SWEEP_SECONDS = 600.0
+
+
+async def _orphans(runtime: Runtime) -> None:
+    """The orphan sweep, beside the outbox loop: a long listing never holds up verifications."""
+    interval = runtime.settings.worker.orphan_sweep_seconds
+    if interval <= 0:
+        return
+    await asyncio.sleep(min(interval, FIRST_ORPHAN_SWEEP_SECONDS))
+    while True:
+        try:
+            await orphan_sweep(runtime)
+        except Exception:
+            log.exception("orphan sweep failed; trying again at the next interval")
+        await asyncio.sleep(interval)
+
+
 @contextlib.asynccontextmanager
 async def embedded_worker(runtime: Runtime) -> AsyncIterator[None]:
-    async with running(_run(runtime), "dicomgw-embedded-worker"):
+    async with (running(_run(runtime), "dicomgw-embedded-worker"),
+                running(_orphans(runtime), "dicomgw-orphan-sweep")):
         yield

@@ -14,3 +14,15 @@ repair_results = Counter("dicomgw_repair_results_total", "Outcomes of repair tas
 task_outcomes = Counter(
     "dicomgw_background_tasks_total", "Background task runs by task and outcome", ["task", "outcome"]
 )
+orphans_found = Counter(
+    "dicomgw_orphans_found_total", "Originals in a store that no index row references, past the grace period",
+    ["store"],
+)
+orphans_found_bytes = Counter("dicomgw_orphans_found_bytes_total", "Bytes of the orphans found", ["store"])
+orphans_handled = Counter(
+    "dicomgw_orphans_handled_total", "What the orphan sweep did with each orphan (indexed, removed, kept, "
+    "skipped)", ["store", "outcome"],
+)
+orphans_handled_bytes = Counter(
+    "dicomgw_orphans_handled_bytes_total", "Bytes of the orphans by what the sweep did", ["store", "outcome"]
+)

@@ -18,6 +18,7 @@ from dicomgw.collections.builder import TASK
 from dicomgw.collections.builder import step as collect_step
 from dicomgw.index.models import Instance, OutboxItem
 from dicomgw.index.repository import parse_work_key, work_key
+from dicomgw.orphans import LIMIT, OrphanReport, sweep_orphans
 from dicomgw.runtime import Runtime
 from dicomgw_worker import metrics
 from dicomgw_worker.copies import Original, check, copy
@@ -210,6 +211,24 @@ async def sweep(runtime: Runtime, *, limit: int = 1000) -> dict[str, int]:
     await enqueue(runtime, "verify", [work_key(p, uid) for p, uid in due_verify])
     await enqueue(runtime, "replicate", due_replicate)
     return {"verify": len(due_verify), "replicate": len(due_replicate)}
+
+
+async def orphan_sweep(runtime: Runtime, *, grace_seconds: float | None = None, dry_run: bool = False,
+                       limit: int = LIMIT, now: datetime | None = None) -> OrphanReport:
+    """Index or remove the originals no index row references (``dicomgw.orphans``), counted in metrics.
+
+    What beat, the embedded loop, ``dicomgw orphans sweep`` and a test or soak harness call. A dry run
+    changes nothing and counts nothing.
+    """
+    report = await sweep_orphans(runtime, grace_seconds=grace_seconds, dry_run=dry_run, limit=limit,
+                                 now=now)
+    if not dry_run:
+        for (store, outcome), (count, size) in report.totals().items():
+            metrics.orphans_found.labels(store=store).inc(count)
+            metrics.orphans_found_bytes.labels(store=store).inc(size)
+            metrics.orphans_handled.labels(store=store, outcome=outcome).inc(count)
+            metrics.orphans_handled_bytes.labels(store=store, outcome=outcome).inc(size)
+    return report
 
 
 HANDLERS = {"verify": verify, "replicate": replicate, "repair": repair, TASK: collect_step}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -28,6 +29,9 @@ class FileToStore:
 class ObjectInfo:
     key: str
     size: int
+    # when the object was last written (S3 LastModified, a file's mtime), timezone-aware; None when the
+    # store cannot tell
+    modified: datetime | None = None
 
 
 class ObjectNotFound(KeyError):
@@ -78,7 +82,7 @@ class ObjectStore(Protocol):
         ...
 
     async def head(self, key: str) -> ObjectInfo:
-        """Size of the object; raises ObjectNotFound."""
+        """Size and modification time of the object; raises ObjectNotFound."""
         ...
 
     async def exists(self, key: str) -> bool: ...
@@ -89,6 +93,11 @@ class ObjectStore(Protocol):
 
     def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Yield every key under ``prefix``."""
+        ...
+
+    def list_objects(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Yield every object under ``prefix`` with its size and modification time, a page at a time
+        (memory stays bounded however many there are), in no particular order."""
         ...
 
     async def close(self) -> None: ...

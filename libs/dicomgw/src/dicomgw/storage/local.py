@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,6 +19,8 @@ from dicomgw.processes import pid_alive
 from dicomgw.storage.base import FileToStore, ObjectInfo, ObjectNotFound
 
 _COPY_CHUNK = 1 << 20
+# objects listed per hop to a thread by list_objects
+_LIST_PAGE = 1000
 
 
 def _fsync_dir(path: Path) -> None:
@@ -232,7 +236,7 @@ class LocalStore:
             st = await asyncio.to_thread(os.stat, self._path(key))
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
-        return ObjectInfo(key=key, size=st.st_size)
+        return ObjectInfo(key=key, size=st.st_size, modified=datetime.fromtimestamp(st.st_mtime, UTC))
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)
@@ -254,6 +258,35 @@ class LocalStore:
 
         for key in await asyncio.to_thread(_walk):
             yield key
+
+    def _walk_objects(self, prefix: str) -> Generator[ObjectInfo, None, None]:
+        """Objects under ``prefix``, walking only the folder the prefix names (not the whole root)."""
+        folder = prefix.rpartition("/")[0]
+        start = self._path(folder) if folder else self.root
+        for dirpath, dirnames, filenames in os.walk(start):
+            if Path(dirpath) == self.root and ".tmp" in dirnames:
+                dirnames.remove(".tmp")
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                key = os.path.relpath(path, self.root).replace(os.sep, "/")
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:  # removed while we walked
+                    continue
+                yield ObjectInfo(key=key, size=st.st_size,
+                                 modified=datetime.fromtimestamp(st.st_mtime, UTC))
+
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        walk = self._walk_objects(prefix)
+        try:
+            while page := await asyncio.to_thread(lambda: list(itertools.islice(walk, _LIST_PAGE))):
+                for info in page:
+                    yield info
+        finally:
+            walk.close()
 
     def _remove_temporaries_of_dead_processes(self) -> None:
         """Temporaries left by a crash mid-write were never acknowledged: they go."""

@@ -12,6 +12,7 @@ import base64
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,11 @@ def _b64(digest: bytes) -> str:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _utc(value: object) -> datetime | None:
+    """LastModified as botocore parses it (an aware datetime), in UTC."""
+    return value.astimezone(UTC) if isinstance(value, datetime) else None
 
 
 def _as_store_error(exc: Exception) -> Exception:
@@ -203,7 +209,8 @@ class S3Store:
 
     async def head(self, key: str) -> ObjectInfo:
         response = await self._call("head_object", Bucket=self.bucket, Key=key)
-        return ObjectInfo(key=key, size=int(response["ContentLength"]))
+        return ObjectInfo(key=key, size=int(response["ContentLength"]),
+                          modified=_utc(response.get("LastModified")))
 
     async def exists(self, key: str) -> bool:
         try:
@@ -224,6 +231,16 @@ class S3Store:
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
                     yield item["Key"]
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"object store listing failed: {type(exc).__name__}") from exc
+
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(key=item["Key"], size=int(item["Size"]),
+                                     modified=_utc(item.get("LastModified")))
         except (ClientError, BotoCoreError) as exc:
             raise StorageUnavailable(f"object store listing failed: {type(exc).__name__}") from exc
 
