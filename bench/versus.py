@@ -448,7 +448,7 @@ def run_stack(corpus: Corpus, tmp: Path, ohif: bool = False) -> dict[str, Any]:
         key = done.stdout.strip().splitlines()[-1]
 
         def pids() -> list[int]:
-            return sorted({q for proc in stack.procs.values() for q in process_tree(proc.pid)})
+            return sorted({q for pid in stack.pids().values() for q in process_tree(pid)})
 
         gw = Server("gateway", config.url, pids, {"Authorization": f"Bearer {key}"},
                     root=f"http://{config.host}:{config.port}",
