@@ -64,6 +64,8 @@ def _wrapped(cause: BaseException) -> BaseException:
     (_s3("XMinioServerNotInitialized", 503), StorageUnavailable),
     (_s3("InternalError", 500), StorageUnavailable),
     (ConnectionRefusedError(111, "Connect call failed"), Unavailable),
+    # asyncpg, when a proxy in front of PostgreSQL accepts the connection and then drops it
+    (ConnectionError("unexpected connection_lost() call"), Unavailable),
     (TimeoutError(), Unavailable),
     (StorageUnavailable("already said"), StorageUnavailable),
 ])

@@ -80,8 +80,10 @@ def as_outage(exc: BaseException) -> Unavailable | None:
         if _is_store(cause):
             return StorageUnavailable(f"the object store is not answering ({type(cause).__name__})")
     for cause in _causes(exc):
-        # a connection refused or reset, a timeout: the back end is whichever the stack says
-        if isinstance(cause, TimeoutError) or (
+        # a connection refused or reset, a timeout: the back end is whichever the stack says. A
+        # ConnectionError without an errno too: asyncpg's "unexpected connection_lost() call" when a
+        # proxy in front of PostgreSQL accepts and then drops the connection (found by the soak)
+        if isinstance(cause, TimeoutError | ConnectionError) or (
                 isinstance(cause, OSError) and cause.errno in _AWAY_ERRNOS):
             return Unavailable(f"a back end is not answering ({type(cause).__name__})")
     return None
