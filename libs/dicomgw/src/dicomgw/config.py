@@ -68,6 +68,10 @@ class WorkerSettings(BaseSettings):
     task_soft_time_limit: float = 600
     task_time_limit: float = 900
     concurrency: int = 2
+    # a Celery worker with work waiting in its queues that has taken none for this long, though it had
+    # a free slot, has stopped consuming (Celery/kombu can hang after a broker connection reset): it
+    # exits so that its supervisor (Kubernetes, the local stack's supervisord) starts it again. 0: never
+    stall_seconds: float = Field(default=120, ge=0)
 
 
 class DimseSettings(BaseSettings):

@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     from dicomgw_worker.celery_app import QUEUES, celery
 
     if args.role == "worker":
+        from dicomgw.config import Settings
+        from dicomgw_worker import watchdog
+
+        worker = Settings().worker
+        watchdog.install(worker.broker_url, QUEUES, worker.concurrency, worker.stall_seconds)
         celery.worker_main(["worker", "-Q", ",".join(QUEUES), "--loglevel=INFO", *args.extra])
     else:
         celery.start(["beat", "--loglevel=INFO", *args.extra])
