@@ -91,6 +91,12 @@ class DimseSettings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_ca_file: Path | None = None
+    # Storage Commitment (PS3.4 Annex J): how long an instance stored but not yet verified is waited
+    # for before it is reported failed (0x0110); never committed before its checksum is verified
+    commitment_wait_seconds: float = 300.0
+    # where to open an association for an N-EVENT-REPORT once the requester's own is gone: calling AE
+    # title -> "host:port", e.g. {"CT01": "10.1.2.3:104"} (never the address a request came from)
+    peers: dict[str, str] = Field(default_factory=dict)
 
 
 class IndexSettings(BaseSettings):
