@@ -11,8 +11,9 @@ export DICOMGW_TOOLS := $(TOOLS)
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 HELM_VERSION := v3.22.0
 HELM_DOCS_VERSION := v1.14.2
+TOXIPROXY_VERSION := v2.5.0
 
-.PHONY: help install run up down test test-unit fuzz lint bench clean tools-minio tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-dcmtk tools-orthanc tools-browser
+.PHONY: help install run up down test test-unit fuzz soak lint bench clean tools-minio tools-toxiproxy tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-dcmtk tools-orthanc tools-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -61,6 +62,9 @@ tools-prometheus:  ## install Prometheus and promtool (Debian packages)
 tools-minio:  ## build MinIO from its Go module into .tools (cached)
 	bash scripts/go-install.sh minio github.com/minio/minio $(MINIO_VERSION)
 
+tools-toxiproxy:  ## build toxiproxy (the soak's network fault proxy) from its Go module into .tools (cached)
+	bash scripts/go-install.sh toxiproxy-server github.com/Shopify/toxiproxy/v2/cmd/server $(TOXIPROXY_VERSION)
+
 tools-postgres:  ## install PostgreSQL server binaries (Debian packages)
 	bash scripts/apt-install.sh --needs '/usr/lib/postgresql/*/bin/initdb' --service postgresql postgresql
 
@@ -76,7 +80,7 @@ tools-keycloak:  ## install Keycloak (the OpenID provider of the login tests) fr
 tools-browser:  ## install Chromium, playwright-core and the OHIF viewer build into .tools
 	bash scripts/install-browser.sh
 
-test: install tools-minio tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-postgres tools-redis tools-nginx tools-prometheus tools-dcmtk tools-orthanc tools-browser  ## install everything the suite needs, then run all of it
+test: install tools-minio tools-toxiproxy tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-postgres tools-redis tools-nginx tools-prometheus tools-dcmtk tools-orthanc tools-browser  ## install everything the suite needs, then run all of it
 	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: install  ## only the fast unit tests
@@ -84,6 +88,9 @@ test-unit: install  ## only the fast unit tests
 
 fuzz: install  ## fuzz the multipart reader and the DICOM parser longer than make test does (FUZZ_EXAMPLES, default 20000 each); failing inputs go to tests/fuzz/regressions
 	DICOMGW_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20000} DICOMGW_FUZZ_SAVE=1 $(UV_PROJECT_ENVIRONMENT)/bin/pytest -q -p no:cacheprovider tests/fuzz
+
+soak: install tools-minio tools-toxiproxy tools-postgres tools-redis tools-nginx  ## chaos soak: the local stack under load while faults are injected, then an audit of every acknowledged instance (SOAK_ARGS, default --seconds 300)
+	$(UV_PROJECT_ENVIRONMENT)/bin/dicomgw soak $${SOAK_ARGS:---seconds 300}
 
 lint: install  ## ruff and mypy
 	$(UV_PROJECT_ENVIRONMENT)/bin/ruff check libs services tests bench

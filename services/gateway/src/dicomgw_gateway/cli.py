@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from dicomgw.config import Settings
-from dicomgw_gateway import audit, keys, pacs, partitions, share, smoke, upload
+from dicomgw_gateway import audit, keys, pacs, partitions, share, smoke, soak, upload
 from dicomgw_gateway.stack import main as stack_main
 
 
@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     stack.add_argument("action", choices=["up", "down"])
     stack.add_argument("--run-dir", type=Path, default=Path("var/stack"))
     stack.set_defaults(func=lambda a: stack_main(a.action, a.run_dir))
+    soak_parser = sub.add_parser("soak", help="chaos soak: a local stack under load and faults, then an "
+                                 "audit of every acknowledged instance (make soak)")
+    soak.add_arguments(soak_parser)
+    soak_parser.set_defaults(func=soak.main)
     verify = sub.add_parser("verify", help="integrity report: verified, pending, damaged, replicated")
     verify.add_argument("--report", action="store_true", help="print the report (the default)")
     verify.add_argument("--now", action="store_true", help="first queue every original for re-verification")
