@@ -28,7 +28,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[
 
 from dicomgw.config import IndexSettings, Settings
 from dicomgw.runtime import open_runtime
-from dicomgw_dimse.scp import IndexedOriginal, commitment_state
+from dicomgw_dimse.commitment import IndexedOriginal, commitment_state
 from dicomgw_worker.tasks import verify_many
 from tests.dicomdata import make_dataset, uid
 from tests.fixtures.gateway import Gateway, free_port, start_gateway
