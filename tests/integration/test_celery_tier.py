@@ -89,3 +89,40 @@ def test_killed_worker_leaves_work_that_a_restarted_worker_finishes(tier) -> Non
     procs["worker"] = spawn([str(BIN / "dicomgw-worker"), "worker", "--concurrency=1"],
                             tier["env"], tier["tmp"] / "worker2.log")
     wait_for(lambda: all(s == ("verified", "replicated") for s in _statuses(tier["data"])), 90)
+
+
+def test_relay_publishes_only_while_the_queue_has_room(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Back-pressure: with no worker taking anything, the relay fills each queue up to its limit and
+    leaves the other rows due in the outbox, instead of publishing them again every lease."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    import redis
+
+    from dicomgw.config import Settings
+    from dicomgw.index.models import OutboxItem
+    from dicomgw.runtime import open_runtime
+    from dicomgw_worker.celery_app import make_celery
+    from dicomgw_worker.relay import relay_once
+
+    broker = redis_server.url.rsplit("/", 1)[0] + "/7"  # a database of its own
+    client = redis.Redis.from_url(broker)
+    client.flushdb()
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.worker.broker_url = broker
+    settings.worker.relay_queue_limit = 3
+    settings.worker.lease_seconds = 0  # every row is due again at once, as after a long backlog
+    celery = make_celery(settings)
+
+    async def go(rows: int = 0) -> list[int]:
+        async with open_runtime(settings) as runtime:
+            async with runtime.index.sessions.begin() as session:
+                session.add_all([OutboxItem(task=task, key=f"k{n}", available_at=datetime.now(UTC))
+                                 for n in range(rows) for task in ("verify", "replicate")])
+            return [await relay_once(runtime, celery) for _ in range(3)]
+
+    assert asyncio.run(go(rows=8)) == [6, 0, 0]  # 3 per queue, then no room: nothing published twice
+    assert client.llen("verify") == 3 and client.llen("replicate") == 3
+    client.delete("verify")  # the workers took the verify queue
+    assert asyncio.run(go())[0] == 3  # the verify queue filled again; replicate still full
+    assert client.llen("verify") == 3 and client.llen("replicate") == 3
