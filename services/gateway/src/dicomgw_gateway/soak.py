@@ -24,9 +24,11 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -607,13 +609,16 @@ async def _audit(stack: Stack, load: Load, say: Callable[[str], None]) -> dict[s
     # first the archive's own sweep of objects without index rows (nothing is in flight now)
     orphans = await _sweep_orphans(stack)
     # then the stack settles: every instance (those the sweep indexed too) verified and replicated
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+    # (for as long as the worker tier makes progress: a long soak leaves a backlog to work through)
+    progress, last_progress = (-1, -1), time.monotonic()
+    while time.monotonic() - last_progress < 120:
         status = await _status(load.http, config)
         if status and status["pending"] == 0 and status["replica"]["pending"] == 0 and \
                 status["verified"] >= status["instances"] and \
                 status["replica"]["replicated"] >= status["instances"]:
             break
+        if status and (status["verified"], status["replica"]["replicated"]) != progress:
+            progress, last_progress = (status["verified"], status["replica"]["replicated"]), time.monotonic()
         await asyncio.sleep(1)
     settled_at = time.monotonic()
     # the index, read directly (the real ports, not through the fault proxy)
@@ -685,6 +690,8 @@ def soak(seconds: float, rounds: int, fault_seconds: float, seed: int, keep: Pat
          plan: list[list[str]] | None = None, forwarders: int = 3,
          say: Callable[[str], None] = print) -> Report:
     """Start a stack, soak it, audit, stop it."""
+    # the C-STORE client's association chatter (and its refused associations while dimse restarts)
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     run_dir = keep or Path(tempfile.mkdtemp(prefix="dicomgw-soak-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(soak_config(run_dir))
@@ -723,7 +730,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep the stack's folder (logs) here")
 
 
+def _stop_on_sigterm(*_: Any) -> None:
+    raise SystemExit(143)  # so that the stack is taken down (soak's finally), not left running
+
+
 def main(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     report = soak(args.seconds, args.rounds, args.fault_seconds, seed, args.keep,
                   plan=SHORT_PLAN if args.short else None)
