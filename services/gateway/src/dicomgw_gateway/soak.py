@@ -509,7 +509,7 @@ def soak_config(run_dir: Path, extra_env: dict[str, str] | None = None) -> Stack
         dimse_port=free_port(), toxiproxy_port=free_port(),
         proxy_ports={name: free_port() for name in ("postgres", "minio", "minio-replica", "redis")},
         minio_user="soak", minio_password="soak-secret-key",
-        extra_env={"DICOMGW_WORKER_POLL_SECONDS": "0.2", "DICOMGW_WORKER_SWEEP_SECONDS": "2",
+        extra_env={"DICOMGW_WORKER_POLL_SECONDS": "0.2", "DICOMGW_WORKER_SWEEP_SECONDS": "30",
                    "DICOMGW_WORKER_VERIFY_CYCLE_SECONDS": "600", "DICOMGW_WORKER_LEASE_SECONDS": "15",
                    "DICOMGW_AUTH_KEY_CACHE_SECONDS": "30", "DICOMGW_WORKER_STALL_SECONDS": "20",
                    **(extra_env or {})})

@@ -46,10 +46,11 @@ async def enqueue(runtime: Runtime, task: str, keys: list[str]) -> None:
         return
     insert = runtime.index._insert
     async with runtime.index.sessions.begin() as session:
-        for key in keys:
-            await session.execute(
-                insert(OutboxItem).values(task=task, key=key).on_conflict_do_nothing()
-            )
+        # one multi-row statement per 500 keys: a sweep of 1,000 + 1,000 keys took 2.5 s as one
+        # statement per key, and beat runs it every minute
+        for start in range(0, len(keys), 500):
+            await session.execute(insert(OutboxItem).values(
+                [{"task": task, "key": key} for key in keys[start:start + 500]]).on_conflict_do_nothing())
 
 
 _STATUS = {"good": "verified", "bad": "mismatch", "missing": "missing"}
