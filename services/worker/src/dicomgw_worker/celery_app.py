@@ -95,6 +95,14 @@ class _ProcessRuntime:
         cls.loop = cls.runtime = cls._context = None
 
     @classmethod
+    def current(cls) -> Runtime:
+        """This process's runtime, opened now if the process started without one."""
+        if cls.runtime is None:
+            cls.start()
+        assert cls.runtime is not None
+        return cls.runtime
+
+    @classmethod
     def run(cls, coro: Any) -> Any:
         if cls.loop is None:
             cls.start()
@@ -190,12 +198,7 @@ def import_study_task(self: Task, orthanc_url: str, study_id: str, gateway_url: 
 
 @celery.task(name="dicomgw.sweep")
 def sweep_task() -> dict[str, int]:
-    runtime = _ProcessRuntime.runtime
-    if runtime is None:
-        _ProcessRuntime.start()
-        runtime = _ProcessRuntime.runtime
-    assert runtime is not None
-    result: dict[str, int] = _ProcessRuntime.run(sweep(runtime))
+    result: dict[str, int] = _ProcessRuntime.run(sweep(_ProcessRuntime.current()))
     return result
 
 
@@ -205,13 +208,8 @@ def sweep_task() -> dict[str, int]:
 @celery.task(name="dicomgw.orphan_sweep", acks_late=False)
 def orphan_sweep_task() -> dict[str, int]:
     """Index or remove the originals no index row references (dicomgw.orphans)."""
-    runtime = _ProcessRuntime.runtime
-    if runtime is None:
-        _ProcessRuntime.start()
-        runtime = _ProcessRuntime.runtime
-    assert runtime is not None
     try:
-        report = _ProcessRuntime.run(orphan_sweep(runtime))
+        report = _ProcessRuntime.run(orphan_sweep(_ProcessRuntime.current()))
     except Exception:
         metrics.task_outcomes.labels(task="orphan-sweep", outcome="error").inc()
         raise
