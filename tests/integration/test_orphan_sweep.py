@@ -18,24 +18,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pydicom
 import pytest
-import pytest_asyncio
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from dicomgw.config import Settings, StorageSettings
+from dicomgw.config import Settings
 from dicomgw.index.models import Instance, OutboxItem
 from dicomgw.orphans import Orphan, sweep_orphans
 from dicomgw.runtime import Runtime
 from dicomgw.storage import ObjectInfo, ObjectStore, original_key
-from dicomgw.storage.local import LocalStore
-from dicomgw.storage.s3 import S3Store
 from tests.dicomdata import make_instance, make_study, multipart_related, uid
 
 GRACE = 3600.0
@@ -74,35 +71,6 @@ def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str
         env.update(minio.env(f"r-{suffix}", prefix="DICOMGW_REPLICA_"))
         env["DICOMGW_INDEX_URL"] = request.getfixturevalue("postgres_url")
     return env
-
-
-@pytest_asyncio.fixture(params=["local", "s3"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
-    if request.param == "local":
-        adapter: ObjectStore = LocalStore(tmp_path / "objects")
-    else:
-        settings: StorageSettings = request.getfixturevalue("s3_settings")
-        adapter = await S3Store.open(settings)
-    yield adapter
-    await adapter.close()
-
-
-async def test_stores_list_objects_with_their_size_and_modification_time(store: ObjectStore) -> None:
-    started = datetime.now(UTC)
-    contents = {"p/a/1": b"one", "p/b/2": b"two!", "pq/3": b"3", "q/4": b""}
-    for key, data in contents.items():
-        await store.put_bytes(key, data)
-    listed = {info.key: info async for info in store.list_objects("p/")}
-    assert {key: info.size for key, info in listed.items()} == {"p/a/1": 3, "p/b/2": 4}
-    for info in listed.values():
-        assert info.modified is not None and info.modified.tzinfo is not None
-        assert abs(info.modified - started) < timedelta(seconds=30)
-    assert {info.key async for info in store.list_objects("p")} == {"p/a/1", "p/b/2", "pq/3"}
-    assert {info.key async for info in store.list_objects()} == set(contents)
-    assert [info async for info in store.list_objects("nothing/")] == []
-    head = await store.head("p/a/1")
-    assert head.size == 3 and head.modified is not None
-    assert abs(head.modified - listed["p/a/1"].modified) < timedelta(seconds=1)  # HTTP dates: seconds
 
 
 async def _stow(client: httpx.AsyncClient, parts: list[bytes], partition: str | None = None) -> None:

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -178,3 +179,21 @@ async def test_put_files_stores_each_and_reports_each_outcome(store: ObjectStore
     assert await store.read("batch/0/x.dcm") == b"first" * 1000
     assert await store.read("batch/2/x.dcm") == b"third" * 70000
     assert not await store.exists("batch/bad/x.dcm")
+
+
+async def test_stores_list_objects_with_their_size_and_modification_time(store: ObjectStore) -> None:
+    started = datetime.now(UTC)
+    contents = {"p/a/1": b"one", "p/b/2": b"two!", "pq/3": b"3", "q/4": b""}
+    for key, data in contents.items():
+        await store.put_bytes(key, data)
+    listed = {info.key: info async for info in store.list_objects("p/")}
+    assert {key: info.size for key, info in listed.items()} == {"p/a/1": 3, "p/b/2": 4}
+    for info in listed.values():
+        assert info.modified is not None and info.modified.tzinfo is not None
+        assert abs(info.modified - started) < timedelta(seconds=30)
+    assert {info.key async for info in store.list_objects("p")} == {"p/a/1", "p/b/2", "pq/3"}
+    assert {info.key async for info in store.list_objects()} == set(contents)
+    assert [info async for info in store.list_objects("nothing/")] == []
+    head = await store.head("p/a/1")
+    assert head.size == 3 and head.modified is not None
+    assert abs(head.modified - listed["p/a/1"].modified) < timedelta(seconds=1)  # HTTP dates: seconds
