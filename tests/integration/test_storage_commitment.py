@@ -215,6 +215,13 @@ def commitment_audit_events(gw: Gateway, transaction_uid: str) -> list[dict[str,
             "WHERE method = 'N-ACTION' AND detail LIKE ?", (f"%{transaction_uid}%",))]
 
 
+def store_and_request(assoc: Association, count: int) -> tuple[list[Dataset], str]:
+    """C-STORE ``count`` instances, then request commitment of all of them (answered Success)."""
+    stored = store(assoc, count)
+    transaction = uid()
+    assert request(assoc, transaction, [reference(ds) for ds in stored]) == 0x0000
+    return stored, transaction
+
 def test_report_on_the_open_association_lists_committed_and_failed_instances_with_reasons(
         verifying: tuple[Gateway, int]) -> None:
     gw, port = verifying
@@ -251,9 +258,7 @@ def test_all_committed_is_event_type_1(verifying: tuple[Gateway, int]) -> None:
     modality = Modality()
     assoc = modality.associate(port)
     try:
-        stored = store(assoc, 2)
-        transaction = uid()
-        assert request(assoc, transaction, [reference(ds) for ds in stored]) == 0x0000
+        stored, transaction = store_and_request(assoc, 2)
         report = modality.report()
     finally:
         assoc.release()
@@ -284,9 +289,7 @@ def test_requests_the_requester_goes_on_sending_are_answered_while_its_report_go
     modality = Modality()
     assoc = modality.associate(port)
     try:
-        stored = store(assoc, 2)
-        transaction = uid()
-        assert request(assoc, transaction, [reference(ds) for ds in stored]) == 0x0000
+        stored, transaction = store_and_request(assoc, 2)
         echoes: list[object] = []
         deadline = time.monotonic() + 20
         while modality.reports.empty() and time.monotonic() < deadline:
@@ -328,9 +331,7 @@ def test_an_instance_not_yet_verified_is_not_reported_committed(impatient: tuple
     modality = Modality()
     assoc = modality.associate(port)
     try:
-        stored = store(assoc, 2)
-        transaction = uid()
-        assert request(assoc, transaction, [reference(ds) for ds in stored]) == 0x0000
+        stored, transaction = store_and_request(assoc, 2)
         # nothing is verified: the report waits the whole DICOMGW_DIMSE_COMMITMENT_WAIT_SECONDS (2)
         with pytest.raises(queue.Empty):
             modality.reports.get(timeout=1)
