@@ -34,11 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 import re
-import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -52,6 +49,7 @@ from dicomgw.dicom.parse import ParsedInstance, parse_instance
 from dicomgw.errors import InstanceRejected
 from dicomgw.index.models import Instance, OutboxItem
 from dicomgw.index.repository import DEFAULT, StoredObject, work_key
+from dicomgw.multipart import spool_single
 from dicomgw.partitions import valid_name
 from dicomgw.runtime import Runtime
 from dicomgw.storage import ObjectInfo, ObjectNotFound, ObjectStore, original_key
@@ -349,23 +347,11 @@ class _Sweep:
         """The object in a spool file (bounded memory), its size and SHA-256; None when it is gone."""
         spool = self.runtime.settings.spool_path
         spool.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=spool, suffix=".orphan")
-        path = Path(name)
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with os.fdopen(fd, "wb") as out:
-                async for chunk in self.runtime.store.open_stream(key):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    await asyncio.to_thread(out.write, chunk)
+        try:  # spooled as an upload is: the file goes if the read fails
+            part = await spool_single(self.runtime.store.open_stream(key), spool)
         except ObjectNotFound:
-            path.unlink(missing_ok=True)  # noqa: ASYNC240 - one metadata call
             return None
-        except BaseException:
-            path.unlink(missing_ok=True)  # noqa: ASYNC240 - one metadata call
-            raise
-        return path, size, digest.digest()
+        return part.path, part.size, part.sha256
 
     def _audit(self, original: OriginalKey) -> None:
         if not self.runtime.settings.audit.enabled:
