@@ -139,7 +139,7 @@ def test_redis_down_during_stow_delays_replication_only(stack: Stack) -> None:
         time.sleep(2)
         assert status(stack)["replica"]["pending"] >= 3
     finally:
-        stack.start_redis()
+        stack.start("redis")
     wait_for(lambda: all_settled(stack))
 
 
@@ -175,7 +175,7 @@ def test_primary_store_down_fails_clearly_and_loses_nothing(stack: Stack) -> Non
         reasons = [i["00081197"]["Value"][0] for i in resp.json()["00081198"]["Value"]]
         assert reasons == [0xA700, 0xA700]
     finally:
-        stack.start_minio("minio", stack.config.minio_port)
+        stack.start("minio")
     assert_intact(stack, before)
     assert stow(stack, during).status_code == 200  # the client's retry succeeds
     assert_intact(stack, during)

@@ -344,16 +344,6 @@ class Stack:
         return self.run_dir / "logs" / f"{name}.log"
 
     # -- the stack -------------------------------------------------------------------------------
-    def start_minio(self, name: str, port: int | None = None) -> None:
-        if not (_repo_tools() / "bin" / "minio").exists():
-            raise RuntimeError("MinIO is not built: run `make tools-minio`")
-        (self.run_dir / name).mkdir(parents=True, exist_ok=True)
-        self.start(name)
-
-    def start_redis(self) -> None:
-        (self.run_dir / "redis").mkdir(parents=True, exist_ok=True)
-        self.start("redis")
-
     def init_postgres(self) -> None:
         bin_dir = _postgres_bin()
         data = self.run_dir / "postgres"
@@ -369,8 +359,8 @@ class Stack:
             subprocess.run([*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "dicomgw",
                             "--auth=trust", "-E", "UTF8", "--locale=C"], check=True, capture_output=True)
 
-    def start_postgres(self) -> None:
-        self.start("postgres")
+    def create_database(self) -> None:
+        """The dicomgw database in the running PostgreSQL, when it is new."""
         bin_dir = _postgres_bin()
         port = self.config.postgres_port
         exists = subprocess.run([str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U",
@@ -401,16 +391,6 @@ class Stack:
 
         upgrade_sync(self.config.service_env()["DICOMGW_INDEX_URL"])
 
-    def start_service(self, name: str, port: int | None = None) -> None:
-        self.start(name)
-
-    def start_worker_tier(self) -> None:
-        self.start("worker", "beat", "relay")
-
-    def start_dimse(self) -> None:
-        """The DIMSE front door (C-STORE SCP), for PACS that forward only by DICOM networking."""
-        self.start("dimse")
-
     def write_router_conf(self) -> None:
         c = self.config
         conf = TEMPLATE.read_text()
@@ -420,29 +400,26 @@ class Stack:
             conf = conf.replace("${" + key + "}", value)
         (self.run_dir / "nginx.conf").write_text(conf)
 
-    def start_router(self) -> None:
-        self.start("nginx")
-
     def up(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o755)
         (self.run_dir / "data").mkdir(exist_ok=True)
+        if not (_repo_tools() / "bin" / "minio").exists():
+            raise RuntimeError("MinIO is not built: run `make tools-minio`")
         try:
             self.init_postgres()
             self.write_router_conf()
-            if self.config.proxy_ports:
-                (self.run_dir / "toxiproxy.json").write_text("[]")
             self.start_supervisor()
             if self.config.proxy_ports:
                 self.start_fault_proxy()
             for name in ("minio", "minio-replica", "redis"):
                 (self.run_dir / name).mkdir(parents=True, exist_ok=True)
             self.start("minio", "minio-replica", "redis", "postgres")
-            self.start_postgres()  # the database, when new
+            self.create_database()
             self.migrate()
             # seven Python processes importing at once take a while on a small, busy machine
             self.start("ingest", "query", "retrieve", "worker", "beat", "relay", "dimse", seconds=180)
-            self.start_router()
+            self.start("nginx")
         except BaseException:
             self.down()
             raise
