@@ -154,11 +154,16 @@ def test_killed_worker_is_restarted_and_resumes(stack: Stack) -> None:
 
 
 def test_a_killed_service_is_restarted_and_the_router_answers_503_meanwhile(stack: Stack) -> None:
-    killed = stack.kill("query")
-    resp = stack.http.get(f"{stack.config.url}/studies")
-    if resp.status_code != 200:  # caught before the restart: a retryable answer, never a 502
+    stack.stop("query")  # away, as between a kill and its restart
+    try:
+        resp = stack.http.get(f"{stack.config.url}/studies")
+        # a retryable answer, never nginx's 502
         assert resp.status_code == 503 and resp.headers["retry-after"] == "5", resp.text
         assert resp.headers["content-type"] == "application/problem+json"
+        assert resp.json()["status"] == 503
+    finally:
+        stack.start("query")
+    killed = stack.kill("query")  # kill -9: supervisord starts it again by itself
     wait_for(lambda: stack.pids().get("query", killed) != killed, 60)
     wait_for(lambda: stack.http.get(f"{stack.config.url}/studies").status_code == 200, 60)
 
