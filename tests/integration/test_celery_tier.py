@@ -6,6 +6,8 @@ full stack with MinIO and PostgreSQL is exercised by the distributed-tier tests.
 
 from __future__ import annotations
 
+import base64
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -121,8 +123,50 @@ def test_relay_publishes_only_while_the_queue_has_room(tmp_path: Path, redis_ser
                                  for n in range(rows) for task in ("verify", "replicate")])
             return [await relay_once(runtime, celery) for _ in range(3)]
 
+    def queued(queue: str) -> list[list[str]]:
+        """The outbox keys of each message waiting in the queue (Celery's message body: args, kwargs,
+        embed; the one argument, a batch of [outbox id, key])."""
+        messages = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
+        return [[key for _, key in json.loads(base64.b64decode(m["body"]))[0][0]] for m in messages]
+
     assert asyncio.run(go(rows=8)) == [6, 0, 0]  # 3 per queue, then no room: nothing published twice
-    assert client.llen("verify") == 3 and client.llen("replicate") == 3
+    assert queued("verify") == [["k0", "k1", "k2"]] and queued("replicate") == [["k0", "k1", "k2"]]
     client.delete("verify")  # the workers took the verify queue
     assert asyncio.run(go())[0] == 3  # the verify queue filled again; replicate still full
-    assert client.llen("verify") == 3 and client.llen("replicate") == 3
+    assert queued("verify") == [["k0", "k1", "k2"]] and queued("replicate") == [["k0", "k1", "k2"]]
+
+
+def test_relay_sends_due_rows_in_batches(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Verifications and replications go out ``batch_size`` rows to a message; repairs one by one."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    import redis
+
+    from dicomgw import outbox
+    from dicomgw.config import Settings
+    from dicomgw.index.models import OutboxItem
+    from dicomgw.runtime import open_runtime
+    from dicomgw_worker.celery_app import make_celery
+    from dicomgw_worker.relay import relay_once
+
+    broker = redis_server.url.rsplit("/", 1)[0] + "/8"
+    client = redis.Redis.from_url(broker)
+    client.flushdb()
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.worker.broker_url = broker
+    settings.worker.batch_size = 4
+    celery = make_celery(settings)
+
+    async def go() -> tuple[int, int]:
+        async with open_runtime(settings) as runtime:
+            async with runtime.index.sessions.begin() as session:
+                session.add_all([OutboxItem(task=task, key=f"k{n}", available_at=datetime.now(UTC))
+                                 for n in range(10) for task in ("verify", "repair")])
+            return await relay_once(runtime, celery), len(await outbox.due(runtime.index))
+
+    assert asyncio.run(go()) == (20, 0)  # all published, and leased: none due again
+    sizes = [len(json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0])
+             for raw in client.lrange("verify", 0, -1)]
+    assert sorted(sizes) == [2, 4, 4]
+    assert client.llen("replicate") == 10  # the repairs' queue: a message each

@@ -39,7 +39,7 @@ async def test_a_batch_of_verifications_finds_the_damaged_and_the_missing(
             batches.append(len(keys_))
             return await verify_many(runtime_, keys_)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(loop, "verify_many", counted)
+        monkeypatch.setattr(tasks, "verify_many", counted)
         assert await loop.drain_once(runtime) == 6
         assert batches == [6]  # one batch, one transaction
     with sqlite3.connect(tmp_path / "index.sqlite3") as db:

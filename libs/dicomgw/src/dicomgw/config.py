@@ -58,9 +58,13 @@ class WorkerSettings(BaseSettings):
     verify_cycle_seconds: float = 7 * 24 * 3600
     # an outbox item handed to Celery is offered again after this lease if not done
     lease_seconds: float = 600
-    # the relay publishes a due outbox item only while its Celery queue holds fewer messages than this
-    # (the outbox is the durable queue; the broker holds only what the workers will take soon)
+    # the relay publishes due outbox items only while its Celery queue holds fewer than this many
+    # (counted as messages times batch_size; the outbox is the durable queue, the broker holds only what
+    # the workers will take soon)
     relay_queue_limit: int = Field(default=200, ge=1)
+    # outbox rows per Celery message for verifications and replications (one index read, copies
+    # checked concurrently, one commit for all of them)
+    batch_size: int = Field(default=20, ge=1)
     # seconds between orphan sweeps (originals in the store that no index row references; 0: never)
     orphan_sweep_seconds: float = 24 * 3600
     # an unreferenced original younger than this may belong to a STOW still under way: never touched.

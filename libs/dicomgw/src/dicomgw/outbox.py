@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,14 +20,25 @@ class Work:
     attempts: int
 
 
-async def due(index: IndexRepository, *, limit: int = 100) -> list[Work]:
+async def due(index: IndexRepository, *, limit: int = 100,
+              tasks: Collection[str] | None = None) -> list[Work]:
+    """The rows due now, oldest first (only those of ``tasks``, if given)."""
     now = datetime.now(UTC)
+    query = select(OutboxItem).where(OutboxItem.available_at <= now)
+    if tasks is not None:
+        query = query.where(OutboxItem.task.in_(list(tasks)))
     async with index.sessions() as session:
-        rows = await session.execute(
-            select(OutboxItem).where(OutboxItem.available_at <= now)
-            .order_by(OutboxItem.id).limit(limit)
-        )
+        rows = await session.execute(query.order_by(OutboxItem.id).limit(limit))
         return [Work(r.id, r.task, r.key, r.attempts) for r in rows.scalars()]
+
+
+async def lease(index: IndexRepository, ids: list[int], seconds: float) -> None:
+    """Not due again for ``seconds`` (handed to a worker that removes them when done)."""
+    if not ids:
+        return
+    async with index.sessions.begin() as session:
+        await session.execute(update(OutboxItem).where(OutboxItem.id.in_(ids))
+                              .values(available_at=datetime.now(UTC) + timedelta(seconds=seconds)))
 
 
 async def done(index: IndexRepository, work: Work) -> None:

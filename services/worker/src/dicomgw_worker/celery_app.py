@@ -1,8 +1,8 @@
 """The Celery tier: verify/replicate/repair tasks over Redis, routed in one table, with beat sweeps.
 
-Messages carry ids, never payloads: (outbox id, SOP Instance UID). A task removes its outbox row only
-when it succeeded, so a message lost with Redis, or a worker killed mid-task, leaves the row to be
-offered again by the relay once its lease runs out (DESIGN invariant 4).
+Messages carry ids, never payloads: a batch of (outbox id, SOP Instance UID). A task removes an outbox
+row only when its work succeeded, so a message lost with Redis, or a worker killed mid-task, leaves the
+row to be offered again by the relay once its lease runs out (DESIGN invariant 4).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dicomgw import outbox
 from dicomgw.config import Settings
 from dicomgw.runtime import Runtime, open_runtime
 from dicomgw_worker import metrics
-from dicomgw_worker.tasks import HANDLERS, orphan_sweep, sweep
+from dicomgw_worker.tasks import orphan_sweep, run_batch, sweep
 
 log = logging.getLogger("dicomgw.worker")
 
@@ -131,44 +131,70 @@ worker_init.connect(_serve_metrics, weak=False)
 worker_process_shutdown.connect(lambda **_: _ProcessRuntime.stop(), weak=False)
 
 
-def _run_outbox_task(task: Task, name: str, outbox_id: int, key: str) -> str:
-    async def _go() -> str:
+def _items(first: Any, key: str | None) -> list[tuple[int, str]]:
+    """A message's outbox rows: ``[[id, key], ...]``, or one ``(id, key)`` as relays before batches
+    sent it (still queued during a rolling upgrade)."""
+    if key is not None:
+        return [(int(first), key)]
+    return [(int(outbox_id), str(k)) for outbox_id, k in first]
+
+
+def _run_outbox_batch(task: Task, name: str, first: Any, key: str | None) -> str:
+    """Run one message's outbox rows together (``run_batch``); the done ones leave the outbox in one
+    statement, and only the failed ones are retried, with backoff."""
+    items = _items(first, key)
+
+    async def _go() -> dict[str, str | BaseException]:
         runtime = _ProcessRuntime.runtime
         assert runtime is not None
-        outcome = await HANDLERS[name](runtime, key)
-        await outbox.done(runtime.index, outbox.Work(outbox_id, name, key, 0))
-        return str(outcome)
+        outcomes = await run_batch(runtime, name, [k for _, k in items])
+        done = [outbox.Work(i, name, k, 0) for i, k in items if not isinstance(outcomes[k], BaseException)]
+        if done:
+            await outbox.done_many(runtime.index, done)
+        return outcomes
 
     try:
-        outcome = _ProcessRuntime.run(_go())
-    except Exception as exc:
-        metrics.task_outcomes.labels(task=name, outcome="error").inc()
+        outcomes = _ProcessRuntime.run(_go())
+    except Exception as exc:  # the index away: the whole message again
+        metrics.task_outcomes.labels(task=name, outcome="error").inc(len(items))
+        raise task.retry(exc=exc, countdown=_backoff(task), max_retries=12) from exc
+    failed = [[i, k] for i, k in items if isinstance(outcomes[k], BaseException)]
+    for _, k in items:
+        outcome = outcomes[k]
+        metrics.task_outcomes.labels(
+            task=name, outcome="error" if isinstance(outcome, BaseException) else outcome).inc()
+    if failed:
+        error = outcomes[failed[0][1]]
+        assert isinstance(error, BaseException)
+        log.warning("%d of %d %s rows failed; retrying them: %r", len(failed), len(items), name, error)
         # exponential backoff, capped; the outbox lease is the backstop if retries run out
-        raise task.retry(exc=exc, countdown=min(600, 2 ** min(task.request.retries + 1, 10)),
-                         max_retries=12) from exc
-    metrics.task_outcomes.labels(task=name, outcome=outcome).inc()
-    return outcome
+        raise task.retry(args=[failed], kwargs={}, exc=error, countdown=_backoff(task), max_retries=12)
+    return f"{len(items)} done"
+
+
+def _backoff(task: Task) -> int:
+    return min(600, 2 ** min(task.request.retries + 1, 10))
 
 
 @celery.task(name="dicomgw.verify", bind=True)
-def verify_task(self: Task, outbox_id: int, key: str) -> str:
-    return _run_outbox_task(self, "verify", outbox_id, key)
+def verify_task(self: Task, items: Any, key: str | None = None) -> str:
+    return _run_outbox_batch(self, "verify", items, key)
 
 
 @celery.task(name="dicomgw.replicate", bind=True)
-def replicate_task(self: Task, outbox_id: int, key: str) -> str:
-    return _run_outbox_task(self, "replicate", outbox_id, key)
+def replicate_task(self: Task, items: Any, key: str | None = None) -> str:
+    return _run_outbox_batch(self, "replicate", items, key)
 
 
 @celery.task(name="dicomgw.repair", bind=True)
-def repair_task(self: Task, outbox_id: int, key: str) -> str:
-    return _run_outbox_task(self, "repair", outbox_id, key)
+def repair_task(self: Task, items: Any, key: str | None = None) -> str:
+    return _run_outbox_batch(self, "repair", items, key)
 
 
 @celery.task(name="dicomgw.collect", bind=True)
-def collect_task(self: Task, outbox_id: int, key: str) -> str:
-    """One bounded step of building a research collection (dicomgw.collections.builder)."""
-    return _run_outbox_task(self, "collect", outbox_id, key)
+def collect_task(self: Task, items: Any, key: str | None = None) -> str:
+    """Bounded steps of building research collections (dicomgw.collections.builder)."""
+    return _run_outbox_batch(self, "collect", items, key)
 
 
 @celery.task(name="dicomgw.import_study", bind=True, acks_late=True)

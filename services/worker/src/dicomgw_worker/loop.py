@@ -12,50 +12,34 @@ from dicomgw import outbox
 from dicomgw.background import running
 from dicomgw.runtime import Runtime
 from dicomgw_worker import metrics
-from dicomgw_worker.tasks import HANDLERS, orphan_sweep, sweep, verify_many
+from dicomgw_worker.tasks import orphan_sweep, run_batch, sweep
 
 log = logging.getLogger("dicomgw.worker")
 
 
-async def run_task(runtime: Runtime, work: outbox.Work) -> bool:
-    """Run one outbox item; done items leave the outbox, failed ones come back later."""
-    handler = HANDLERS.get(work.task)
-    try:
-        if handler is None:
-            raise LookupError(f"no handler for task {work.task!r}")
-        outcome = await handler(runtime, work.key)
-    except Exception:
-        log.exception("background task failed; retrying later", extra={"task": work.task})
-        metrics.task_outcomes.labels(task=work.task, outcome="error").inc()
-        await outbox.retry_later(runtime.index, work)
-        return False
-    metrics.task_outcomes.labels(task=work.task, outcome=str(outcome)).inc()
-    await outbox.done(runtime.index, work)
-    return True
-
-
 async def drain_once(runtime: Runtime, *, limit: int = 100) -> int:
-    """Run every due outbox item once; returns how many were handled.
-
-    The due verifications run together (``verify_many``: one transaction for all of them); should
-    that fail, each is run and retried on its own.
-    """
-    due = await outbox.due(runtime.index, limit=limit)
-    verifications = [work for work in due if work.task == "verify"]
+    """Run every due outbox item once, each task's items together (``run_batch``: one index read and
+    one commit for a batch of verifications or replications); returns how many were done. Done items
+    leave the outbox in one statement; a failed one comes back later, on its own backoff."""
+    by_task: dict[str, list[outbox.Work]] = {}
+    for work in await outbox.due(runtime.index, limit=limit):
+        by_task.setdefault(work.task, []).append(work)
     handled = 0
-    if len(verifications) > 1:
-        try:
-            outcomes = await verify_many(runtime, [work.key for work in verifications])
-        except Exception:
-            log.exception("verifying a batch failed; verifying one by one")
-        else:
-            for work in verifications:
-                metrics.task_outcomes.labels(task="verify", outcome=outcomes[work.key]).inc()
-            await outbox.done_many(runtime.index, verifications)
-            handled = len(verifications)
-            due = [work for work in due if work.task != "verify"]
-    for work in due:
-        handled += await run_task(runtime, work)
+    for task, works in by_task.items():
+        outcomes = await run_batch(runtime, task, [work.key for work in works])
+        done = []
+        for work in works:
+            outcome = outcomes[work.key]
+            if isinstance(outcome, BaseException):
+                log.error("background task failed; retrying later", exc_info=outcome, extra={"task": task})
+                metrics.task_outcomes.labels(task=task, outcome="error").inc()
+                await outbox.retry_later(runtime.index, work)
+            else:
+                metrics.task_outcomes.labels(task=task, outcome=str(outcome)).inc()
+                done.append(work)
+        if done:
+            await outbox.done_many(runtime.index, done)
+        handled += len(done)
     return handled
 
 

@@ -3,24 +3,25 @@
 If Redis is down, publishing fails, the rows stay due, and they go out when Redis is back: a Redis
 outage delays background work but neither fails ingest nor drops work.
 
-Back-pressure: a row is published only while its queue holds fewer than
-``DICOMGW_WORKER_RELAY_QUEUE_LIMIT`` messages. Without it, a backlog longer than the lease made the
-relay publish every waiting row again at each lease's end: the chaos soak saw 15,000 messages queued
-for 3,800 rows, the workers busy with duplicates, and the replica an hour behind. Rows left out stay
-due in the outbox (the durable queue) and go out as the workers catch up.
+Batches: the verifications and replications that are due travel ``DICOMGW_WORKER_BATCH_SIZE`` rows to a
+message and run together (``tasks.run_batch``).
+
+Back-pressure: rows are published only while their queue holds fewer than
+``DICOMGW_WORKER_RELAY_QUEUE_LIMIT`` rows (a queued message counted as a whole batch). Without it, a
+backlog longer than the lease made the relay publish every waiting row again at each lease's end: the
+chaos soak saw 15,000 messages queued for 3,800 rows, the workers busy with duplicates, and the replica
+an hour behind. Rows left out stay due in the outbox (the durable queue) and go out as the workers
+catch up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import update
 
 from dicomgw import outbox
-from dicomgw.index.models import OutboxItem
 from dicomgw.runtime import Runtime
 
 log = logging.getLogger("dicomgw.relay")
@@ -46,42 +47,46 @@ def queue_depths(celery: Celery, queues: set[str]) -> dict[str, int]:
 
 
 async def relay_once(runtime: Runtime, celery: Celery, *, limit: int = 500) -> int:
-    """Publish every due row once, while its queue has room; returns how many were published."""
-    from dicomgw_worker.celery_app import TASK_ROUTES
+    """Publish due rows in batches (``batch_size`` rows per message for the batched tasks), while their
+    queue has room; returns how many rows were published. A queue without room costs no index read.
 
-    lease = timedelta(seconds=runtime.settings.worker.lease_seconds)
-    room_limit = runtime.settings.worker.relay_queue_limit
-    published = 0
-    rows = await outbox.due(runtime.index, limit=limit)
-    queues = {TASK_ROUTES[TASK_NAMES[w.task]]["queue"] for w in rows if w.task in TASK_NAMES}
+    The rows published are leased in one UPDATE at the end: a relay killed before it re-publishes
+    them at its next poll, which the idempotent tasks make harmless.
+    """
+    from dicomgw_worker.celery_app import TASK_ROUTES
+    from dicomgw_worker.tasks import BATCHED
+
+    worker = runtime.settings.worker
+    queue_of = {task: TASK_ROUTES[name]["queue"] for task, name in TASK_NAMES.items()}
     try:
-        depth = await asyncio.to_thread(queue_depths, celery, queues) if queues else {}
+        depth = await asyncio.to_thread(queue_depths, celery, set(queue_of.values()))
     except Exception as exc:
         log.warning("broker unavailable; outbox rows wait: %s", type(exc).__name__)
         return 0
-    for work in rows:
-        name = TASK_NAMES.get(work.task)
-        if name is None:
-            log.error("outbox row with an unknown task", extra={"task": work.task})
-            await outbox.retry_later(runtime.index, work)
-            continue
-        queue = TASK_ROUTES[name]["queue"]
-        if depth.get(queue, 0) >= room_limit:
-            continue  # stays due: published once the workers have taken what is queued
-        depth[queue] = depth.get(queue, 0) + 1
-        try:
-            await asyncio.to_thread(celery.send_task, name, args=[work.id, work.key],
-                                    retry=False)
-        except Exception as exc:
-            log.warning("broker unavailable; outbox rows wait: %s", type(exc).__name__)
-            return published
-        async with runtime.index.sessions.begin() as session:
-            await session.execute(
-                update(OutboxItem).where(OutboxItem.id == work.id)
-                .values(available_at=datetime.now(UTC) + lease)
-            )
-        published += 1
-    return published
+    # rows each queue may still take; a queued message counts as a whole batch
+    room = {queue: worker.relay_queue_limit - n * worker.batch_size for queue, n in depth.items()}
+    open_tasks = [task for task, queue in queue_of.items() if room[queue] > 0]
+    if not open_tasks:
+        return 0
+    by_task: dict[str, list[outbox.Work]] = {}
+    for work in await outbox.due(runtime.index, limit=limit, tasks=open_tasks):
+        by_task.setdefault(work.task, []).append(work)
+    published: list[int] = []
+    try:
+        for task, works in by_task.items():
+            queue, size = queue_of[task], worker.batch_size if task in BATCHED else 1
+            for start in range(0, len(works), size):
+                if room[queue] <= 0:
+                    break  # the rest stay due: published once the workers have taken what is queued
+                batch = works[start:start + min(size, room[queue])]
+                await asyncio.to_thread(celery.send_task, TASK_NAMES[task],
+                                        args=[[[w.id, w.key] for w in batch]], retry=False)
+                room[queue] -= worker.batch_size
+                published += [w.id for w in batch]
+    except Exception as exc:
+        log.warning("broker unavailable; outbox rows wait: %s", type(exc).__name__)
+    await outbox.lease(runtime.index, published, worker.lease_seconds)
+    return len(published)
 
 
 async def run_relay(runtime: Runtime, celery: Celery) -> None:
