@@ -29,6 +29,7 @@ def test_short_soak_loses_nothing_and_answers_no_unexpected_5xx() -> None:
     n = audit["acknowledged"]
     assert audit["indexed"] == audit["verified"] == audit["primary"] == audit["replica"] == n, text
     assert audit["served"] == n, text
+    assert audit["compacted"] > 0, text  # compaction ran under the load, and lost nothing either
     assert text.splitlines()[-1] == (f"soak: {n} acknowledged, 0 lost, {len(report.faults)} faults, "
                                      "0 unexpected 5xx")
     assert report.passed

@@ -190,6 +190,47 @@ class AuditSettings(BaseSettings):
     syslog_url: str | None = None
 
 
+FrameCodec = Literal["jpegls", "htj2k", "jpegxl", "zstd"]
+DEFAULT_FRAME_CODECS: tuple[FrameCodec, ...] = ("jpegls", "htj2k", "zstd")
+
+
+class CompactSettings(BaseSettings):
+    """Compact originals (dicomgw.originals): a verified original kept in a lossless form that
+    reconstructs its bytes exactly, by the worker tier, never on the ingest path."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_COMPACT_")
+
+    # seconds after ingest before a verified (and, with a replica, replicated) original is compacted;
+    # 0 = as soon as it is verified; negative = never (the default: originals stay verbatim)
+    after_seconds: float = -1
+    # the replica's copy: compact as well (the cost saving twice), or kept verbatim
+    replica: Literal["compact", "verbatim"] = "compact"
+    # originals larger than this stay verbatim (compaction holds one in memory)
+    max_bytes: int = Field(default=256 << 20, ge=0)
+    # the frame codecs tried on each native image, the smallest kept (dicomgw.compact.ALL_CODECS:
+    # jpegls, htj2k, jpegxl, zstd); jpegxl stores about 8 % less at half the speed
+    codecs: list[FrameCodec] = Field(default_factory=lambda: list(DEFAULT_FRAME_CODECS))
+    # a verbatim copy stays this long after its compact form is committed, so that reads that began
+    # before (with the row they had read) still find it
+    drop_after_seconds: float = Field(default=300, ge=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.after_seconds >= 0
+
+
+class CostSettings(BaseSettings):
+    """Prices per TB-month (10^12 bytes) of each store, for `dicomgw storage report`: what keeping the
+    archive costs, and what it would cost with every original verbatim."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_COST_")
+
+    currency: str = "USD"
+    # list prices of object storage's standard class, as a starting point; set your own
+    primary_per_tb_month: float = Field(default=23.0, ge=0)
+    replica_per_tb_month: float = Field(default=23.0, ge=0)
+
+
 class Settings(BaseSettings):
     """All settings of one dicomgw process."""
 
@@ -209,6 +250,8 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    compact: CompactSettings = Field(default_factory=CompactSettings)
+    cost: CostSettings = Field(default_factory=CostSettings)
 
     @property
     def objects_path(self) -> Path:

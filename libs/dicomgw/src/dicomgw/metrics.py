@@ -45,6 +45,12 @@ OUTBOX = Gauge("dicomgw_outbox_depth", "Background work waiting in the outbox", 
                multiprocess_mode="mostrecent")
 REPAIRED = Gauge("dicomgw_originals_repaired", "Copies repaired since the archive began",
                   multiprocess_mode="mostrecent")
+RECEIVED_BYTES = Gauge("dicomgw_original_bytes",
+                       "Bytes of the originals as received (what is kept byte for byte)",
+                       multiprocess_mode="mostrecent")
+STORED_BYTES = Gauge("dicomgw_stored_bytes",
+                     "Bytes each store keeps for the originals, by form (verbatim, compact)",
+                     ["store", "form"], multiprocess_mode="mostrecent")
 
 
 def exposition() -> bytes:
@@ -66,8 +72,13 @@ def set_integrity(status: dict[str, Any]) -> None:
         REPLICAS.labels(status=name).set(replica[name])
     OLDEST_UNVERIFIED.set(status["oldest_unverified_seconds"])
     REPAIRED.set(status["repaired"])
-    for task in ("verify", "replicate", "repair"):
+    for task in ("verify", "replicate", "repair", "compact"):
         OUTBOX.labels(task=task).set(status["outbox"].get(task, 0))
+    storage = status["storage"]
+    RECEIVED_BYTES.set(storage["received_bytes"])
+    for store in ("primary", "replica"):
+        for form in ("verbatim", "compact"):
+            STORED_BYTES.labels(store=store, form=form).set(storage[store].get(form, {"bytes": 0})["bytes"])
 
 
 def _request_id(scope: Scope) -> str:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from dicomgw.config import Settings
-from dicomgw_gateway import audit, keys, pacs, partitions, share, smoke, soak, upload
+from dicomgw_gateway import audit, keys, pacs, partitions, share, smoke, soak, storage_report, upload
 from dicomgw_gateway.stack import main as stack_main
 
 
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     partitions.add_parser(sub)
     share.add_parser(sub)
     audit.add_parser(sub)
+    storage_report.add_parser(sub)
     stack = sub.add_parser("stack", help="the local multi-process stack (make up / make down)")
     stack.add_argument("action", choices=["up", "down"])
     stack.add_argument("--run-dir", type=Path, default=Path("var/stack"))

@@ -481,7 +481,8 @@ class Report:
             "stopped",
             f"audit of {a['acknowledged']} acknowledged instances: {a['indexed']} indexed with the SHA-256 "
             f"sent, {a['verified']} verified, {a['primary']} byte-exact in the primary store, "
-            f"{a['replica']} in the replica, {a['served']} served byte-exact",
+            f"{a['replica']} in the replica, {a['served']} served byte-exact; {a['compacted']} of them "
+            "kept compact by then",
             f"objects without an index row (a process killed between its PUT and its commit): "
             f"{a['orphans']['found']}, of which {a['orphans']['indexed']} complete originals indexed and "
             f"{a['orphans']['removed']} removed",
@@ -512,6 +513,9 @@ def soak_config(run_dir: Path, extra_env: dict[str, str] | None = None) -> Stack
         extra_env={"DICOMGW_WORKER_POLL_SECONDS": "0.2", "DICOMGW_WORKER_SWEEP_SECONDS": "30",
                    "DICOMGW_WORKER_VERIFY_CYCLE_SECONDS": "600", "DICOMGW_WORKER_LEASE_SECONDS": "15",
                    "DICOMGW_AUTH_KEY_CACHE_SECONDS": "30", "DICOMGW_WORKER_STALL_SECONDS": "20",
+                   # compaction runs under the load too: originals compacted at each sweep, their
+                   # verbatim copies dropped soon after, while readers read them
+                   "DICOMGW_COMPACT_AFTER_SECONDS": "0", "DICOMGW_COMPACT_DROP_AFTER_SECONDS": "5",
                    **(extra_env or {})})
 
 
@@ -600,6 +604,7 @@ async def _audit(stack: Stack, load: Load, say: Callable[[str], None]) -> dict[s
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    from dicomgw import originals
     from dicomgw.config import StorageSettings
     from dicomgw.storage.s3 import S3Store
 
@@ -627,8 +632,8 @@ async def _audit(stack: Stack, load: Load, say: Callable[[str], None]) -> dict[s
     try:
         async with engine.connect() as conn:
             rows = {r.sop_instance_uid: r for r in (await conn.execute(text(
-                "SELECT sop_instance_uid, object_key, sha256, verify_status, replica_status "
-                "FROM instances WHERE partition_name = 'default'"))).all()}
+                "SELECT sop_instance_uid, object_key, sha256, verify_status, replica_status, stored_form, "
+                "replica_form FROM instances WHERE partition_name = 'default'"))).all()}
     finally:
         await engine.dispose()
     indexed, verified = set(), set()
@@ -639,7 +644,8 @@ async def _audit(stack: Stack, load: Load, say: Callable[[str], None]) -> dict[s
             if row.verify_status in ("verified", "repaired"):
                 verified.add(sent.sop)
 
-    async def in_bucket(port: int, bucket: str) -> set[str]:
+    async def in_bucket(port: int, bucket: str, form: Callable[[Any], str]) -> set[str]:
+        """The instances whose copy in the bucket, in the form the row says, gives back their bytes."""
         store = await S3Store.open(StorageSettings(
             backend="s3", endpoint_url=f"http://127.0.0.1:{port}", bucket=bucket,
             access_key=config.minio_user, secret_key=config.minio_password, create_bucket=False))
@@ -648,14 +654,16 @@ async def _audit(stack: Stack, load: Load, say: Callable[[str], None]) -> dict[s
             for sent in acked:
                 if sent.sop in rows:
                     with contextlib.suppress(Exception):  # absent: not counted
-                        if _same(sent, await store.read(rows[sent.sop].object_key)):
+                        row = rows[sent.sop]
+                        copy = originals.Copy(row.object_key, form(row))
+                        if _same(sent, await originals.read(store, copy)):
                             good.add(sent.sop)
         finally:
             await store.close()
         return good
 
-    primary = await in_bucket(config.minio_port, "dicom-originals")
-    replica = await in_bucket(config.replica_port, "dicom-replica")
+    primary = await in_bucket(config.minio_port, "dicom-originals", lambda row: row.stored_form)
+    replica = await in_bucket(config.replica_port, "dicom-replica", lambda row: row.replica_form)
     # served byte-exact: each acknowledged study retrieved whole through the router
     served = set()
     by_study: dict[str, list[Sent]] = {}
@@ -670,7 +678,9 @@ async def _audit(stack: Stack, load: Load, say: Callable[[str], None]) -> dict[s
     # lost: acknowledged, but not indexed with its bytes, kept byte-exact and served byte-exact
     lost = [sent.sop for sent in acked if not (sent.sop in indexed and sent.sop in primary
                                                and sent.sop in served)]
+    compacted = sum(1 for sent in acked if sent.sop in rows and rows[sent.sop].stored_form == "compact")
     return {"acknowledged": len(acked), "indexed": len(indexed), "verified": len(verified),
+            "compacted": compacted,
             "primary": len(primary), "replica": len(replica), "served": len(served),
             "orphans": orphans, "lost": len(lost), "lost_uids": lost[:20], "settled_at": settled_at}
 

@@ -14,6 +14,7 @@ from typing import TypeVar
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicomgw import originals
 from dicomgw.dicom.frames import (
     EXPLICIT_VR_BIG_ENDIAN,
     PixelDataUndecodable,
@@ -66,16 +67,16 @@ def served_size(record: InstanceRecord) -> int:
 
 
 async def original_stream(store: ObjectStore, record: InstanceRecord) -> AsyncIterator[bytes]:
-    """The original as stored, chunk by chunk, as a PS3.10 file."""
+    """The original as received (reconstructed from a compact copy), chunk by chunk, as a PS3.10 file."""
     if not record.layout.get("preamble", True):
         yield PART10_PREFIX  # stored as received, without preamble; served as a PS3.10 file
-    async for chunk in store.open_stream(record.object_key):
+    async for chunk in originals.stream(store, record.copy):
         yield chunk
 
 
 async def read_part10(store: ObjectStore, record: InstanceRecord) -> bytes:
     """The whole original, as a PS3.10 file that pydicom reads."""
-    return as_part10(await store.read(record.object_key))
+    return as_part10(await originals.read(store, record.copy))
 
 
 def undamaged(record: InstanceRecord) -> None:
@@ -117,8 +118,11 @@ def ranges_usable(record: InstanceRecord) -> bool:
 
 
 async def stored_frame(store: ObjectStore, record: InstanceRecord, number: int) -> bytes:
-    """One frame's stored bytes (1-based): one ranged read spanning its fragment(s)."""
+    """One frame's stored bytes (1-based): one ranged read spanning its fragment(s), or of its own
+    codestream in a compact copy."""
     ranges = record.layout["frames"][number - 1]
+    if record.stored_form != originals.VERBATIM:
+        return await _compact_frame(store, record, number, ranges)
     if len(ranges) == 1:
         offset, length = ranges[0]
         return await store.read_range(record.object_key, offset, length)
@@ -126,6 +130,19 @@ async def stored_frame(store: ObjectStore, record: InstanceRecord, number: int) 
     end = ranges[-1][0] + ranges[-1][1]
     span = await store.read_range(record.object_key, start, end - start)
     return b"".join(span[o - start : o - start + n] for o, n in ranges)
+
+
+async def _compact_frame(store: ObjectStore, record: InstanceRecord, number: int,
+                         ranges: list[list[int]]) -> bytes:
+    """A frame of a compact copy: its codestream decoded, when the container keeps the frames of
+    the original's native Pixel Data apart; otherwise cut out of the reconstructed original."""
+    found = await originals.header(store, record.copy)
+    if found.frames == len(record.layout["frames"]):
+        data = await originals.frame_bytes(store, record.copy, number - 1)
+        if data is not None:
+            return data
+    original = await originals.read(store, record.copy)
+    return b"".join(original[o:o + n] for o, n in ranges)
 
 
 async def frame(store: ObjectStore, record: InstanceRecord, number: int,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from dicomgw import originals
 from dicomgw.auth import READ
 from dicomgw.dicom.frames import PixelDataUndecodable
 from dicomgw.dicom.parse import BULK_BASE, valid_uid
@@ -260,7 +261,7 @@ async def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, re
     headers: dict[str, str] = {}
     if located is not None:
         offset, length = located
-        body = await started(runtime.store.open_stream(record.object_key, start=offset, length=length))
+        body = await started(originals.stream(runtime.store, record.copy, start=offset, length=length))
         headers["Content-Length"] = str(length)
     else:
         value = None

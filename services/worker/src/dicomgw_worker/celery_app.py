@@ -27,6 +27,9 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "dicomgw.verify": {"queue": "verify"},
     "dicomgw.replicate": {"queue": "replicate"},
     "dicomgw.repair": {"queue": "replicate"},
+    # compaction is CPU-bound: a queue of its own, so that an operator can give it its own workers
+    "dicomgw.compact": {"queue": "compact"},
+    "dicomgw.drop_verbatim": {"queue": "compact"},
     "dicomgw.sweep": {"queue": "verify"},
     "dicomgw.import_study": {"queue": "import"},
     # research collections: long steps of their own, so that an operator can give them other workers
@@ -189,6 +192,17 @@ def replicate_task(self: Task, items: Any, key: str | None = None) -> str:
 @celery.task(name="dicomgw.repair", bind=True)
 def repair_task(self: Task, items: Any, key: str | None = None) -> str:
     return _run_outbox_batch(self, "repair", items, key)
+
+
+@celery.task(name="dicomgw.compact", bind=True)
+def compact_task(self: Task, items: Any, key: str | None = None) -> str:
+    """Originals kept in their compact form from now on (dicomgw_worker.compaction)."""
+    return _run_outbox_batch(self, "compact", items, key)
+
+
+@celery.task(name="dicomgw.drop_verbatim", bind=True)
+def drop_verbatim_task(self: Task, items: Any, key: str | None = None) -> str:
+    return _run_outbox_batch(self, "drop-verbatim", items, key)
 
 
 @celery.task(name="dicomgw.collect", bind=True)

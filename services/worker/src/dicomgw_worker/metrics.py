@@ -26,3 +26,9 @@ orphans_handled = Counter(
 orphans_handled_bytes = Counter(
     "dicomgw_orphans_handled_bytes_total", "Bytes of the orphans by what the sweep did", ["store", "outcome"]
 )
+compaction_results = Counter("dicomgw_compaction_results_total",
+                             "Originals the compaction looked at, by result (compacted, kept-verbatim)",
+                             ["result"])
+compaction_bytes = Counter("dicomgw_compaction_bytes_total",
+                           "Bytes of the originals compacted (original) and of their compact forms (stored)",
+                           ["kind"])

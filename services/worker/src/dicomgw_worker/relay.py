@@ -27,7 +27,8 @@ from dicomgw.runtime import Runtime
 log = logging.getLogger("dicomgw.relay")
 
 TASK_NAMES = {"verify": "dicomgw.verify", "replicate": "dicomgw.replicate", "repair": "dicomgw.repair",
-              "collect": "dicomgw.collect"}
+              "collect": "dicomgw.collect", "compact": "dicomgw.compact",
+              "drop-verbatim": "dicomgw.drop_verbatim"}
 
 
 def queue_depths(celery: Celery, queues: set[str]) -> dict[str, int]:

@@ -9,18 +9,21 @@ serve the embedded loop and the Celery workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, select, update
 
+from dicomgw import originals as originals_
 from dicomgw.collections.builder import TASK
 from dicomgw.collections.builder import step as collect_step
 from dicomgw.index.models import Instance, OutboxItem
 from dicomgw.index.repository import parse_work_key, work_key
 from dicomgw.orphans import LIMIT, OrphanReport, sweep_orphans
 from dicomgw.runtime import Runtime
-from dicomgw_worker import metrics
+from dicomgw.storage import ObjectNotFound, ObjectStore
+from dicomgw_worker import compaction, metrics
 from dicomgw_worker.copies import Original, check, copy
 
 log = logging.getLogger("dicomgw.worker")
@@ -48,17 +51,19 @@ async def _set_many(runtime: Runtime, keys: list[str], **values: object) -> None
                 Instance.partition_name == partition, Instance.sop_instance_uid.in_(uids)).values(**values))
 
 
-async def enqueue(runtime: Runtime, task: str, keys: list[str]) -> None:
-    """Add outbox rows (idempotent: one row per task and key)."""
+async def enqueue(runtime: Runtime, task: str, keys: list[str], *, delay: float = 0) -> None:
+    """Add outbox rows (idempotent: one row per task and key), due now or ``delay`` seconds later."""
     if not keys:
         return
     insert = runtime.index._insert
+    due = datetime.now(UTC) + timedelta(seconds=delay)
     async with runtime.index.sessions.begin() as session:
         # one multi-row statement per 500 keys: a sweep of 1,000 + 1,000 keys took 2.5 s as one
         # statement per key, and beat runs it every minute
         for start in range(0, len(keys), 500):
             await session.execute(insert(OutboxItem).values(
-                [{"task": task, "key": key} for key in keys[start:start + 500]]).on_conflict_do_nothing())
+                [{"task": task, "key": key, "available_at": due} for key in keys[start:start + 500]]
+            ).on_conflict_do_nothing())
 
 
 _STATUS = {"good": "verified", "bad": "mismatch", "missing": "missing"}
@@ -79,12 +84,12 @@ async def _originals(runtime: Runtime, keys: list[str]) -> dict[str, Original]:
         for partition, uids in by_partition.items():
             rows = await session.execute(
                 select(Instance.sop_instance_uid, Instance.object_key, Instance.size, Instance.sha256,
-                       Instance.replica_status)
+                       Instance.replica_status, Instance.stored_form, Instance.replica_form)
                 .where(Instance.partition_name == partition, Instance.sop_instance_uid.in_(uids)))
             for row in rows:
                 key = work_key(partition, row.sop_instance_uid)
                 found[key] = Original(key, row.object_key, row.size, bytes(row.sha256),
-                                      row.replica_status)
+                                      row.replica_status, row.stored_form, row.replica_form)
     return found
 
 
@@ -106,11 +111,11 @@ async def verify_many(runtime: Runtime, keys: list[str]) -> dict[str, str]:
 
     async def checked(original: Original) -> tuple[Original, str, str | None]:
         async with limit:
-            primary = await check(runtime.store, original)
+            primary = await check(runtime.store, original, original.form)
             replica = None
             # a replica copy not made yet is the replicate task's business, not a fault
             if runtime.replica is not None and original.replica_status != "pending":
-                replica = await check(runtime.replica, original)
+                replica = await check(runtime.replica, original, original.replica_form)
         return original, primary, replica
 
     outcomes = await asyncio.gather(*(checked(o) for o in originals.values()))
@@ -164,13 +169,14 @@ async def replicate_many(runtime: Runtime, keys: list[str]) -> dict[str, str | B
 
     async def one(original: Original) -> str:
         async with limit:
-            if await check(replica, original) == "good":
+            if await check(replica, original, original.replica_form) == "good":
                 return "replicated"
-            if not await copy(runtime.store, replica, original, runtime.settings.spool_path):
+            # the replica gets the primary's stored object, in its form
+            if not await copy(runtime.store, replica, original, runtime.settings.spool_path, original.form):
                 # The primary itself is not right: repair decides, never propagate bad bytes.
                 return "source-bad"
             # verify the copy by reading it back from the replica
-            if await check(replica, original) != "good":
+            if await check(replica, original, original.form) != "good":
                 metrics.replication_results.labels(result="copy-bad").inc()
                 raise RuntimeError("replica copy did not verify")  # retried with backoff
             return "replicated"
@@ -182,43 +188,62 @@ async def replicate_many(runtime: Runtime, keys: list[str]) -> dict[str, str | B
     source_bad = [key for key in originals if outcomes[key] == "source-bad"]
     metrics.replication_results.labels(result="replicated").inc(len(replicated))
     metrics.replication_results.labels(result="source-bad").inc(len(source_bad))
-    await _set_many(runtime, replicated, replica_status="replicated", replicated_at=datetime.now(UTC))
+    now = datetime.now(UTC)
+    for form in {o.form for o in originals.values()}:  # the replica now holds the primary's form
+        await _set_many(runtime, [k for k in replicated if originals[k].form == form],
+                        replica_status="replicated", replicated_at=now, replica_form=form)
     await enqueue(runtime, "repair", source_bad)
     return outcomes
 
 
 async def repair(runtime: Runtime, key: str) -> str:
-    """Replace a bad copy from a good one, never the reverse; with no good copy, alert and keep both."""
+    """Replace a bad copy from a good one, never the reverse; with no good copy, alert and keep both.
+
+    The good copy's stored object is copied as it is (verbatim or compact), and the row then records
+    that form for the repaired store; a damaged object of the other form is removed."""
     original = await _original(runtime, key)
     if original is None:
         return "gone"
-    primary = await check(runtime.store, original)
-    replica = await check(runtime.replica, original) if runtime.replica is not None else "absent"
+    primary = await check(runtime.store, original, original.form)
+    replica = (await check(runtime.replica, original, original.replica_form)
+               if runtime.replica is not None else "absent")
     outcome: str
+    now = datetime.now(UTC)
     if primary == "good" and replica in ("good", "absent"):
         outcome = "intact"
-        await _set(runtime, key, verify_status="verified", verified_at=datetime.now(UTC))
+        await _set(runtime, key, verify_status="verified", verified_at=now)
     elif primary == "good":
         assert runtime.replica is not None
-        await copy(runtime.store, runtime.replica, original, runtime.settings.spool_path)
+        await copy(runtime.store, runtime.replica, original, runtime.settings.spool_path, original.form)
         outcome = "replica-repaired"
-        await _set(runtime, key, replica_status="replicated",
-                   replicated_at=datetime.now(UTC), repaired_count=Instance.repaired_count + 1)
+        await _set(runtime, key, replica_status="replicated", replica_form=original.form,
+                   replicated_at=now, repaired_count=Instance.repaired_count + 1)
+        await _drop_other_form(runtime.replica, original, original.replica_form, original.form)
     elif replica == "good":
         assert runtime.replica is not None
-        await copy(runtime.replica, runtime.store, original, runtime.settings.spool_path)
-        if await check(runtime.store, original) != "good":
+        await copy(runtime.replica, runtime.store, original, runtime.settings.spool_path,
+                   original.replica_form)
+        if await check(runtime.store, original, original.replica_form) != "good":
             raise RuntimeError("repaired primary copy did not verify")
         outcome = "primary-repaired"
-        await _set(runtime, key, verify_status="repaired", verified_at=datetime.now(UTC),
+        await _set(runtime, key, verify_status="repaired", verified_at=now, stored_form=original.replica_form,
                    repaired_count=Instance.repaired_count + 1)
+        await _drop_other_form(runtime.store, original, original.form, original.replica_form)
     else:
         outcome = "lost"
         log.critical("no good copy of an original is left", extra={"primary": primary,
                                                                    "replica": replica})
-        await _set(runtime, key, verify_status="lost", verified_at=datetime.now(UTC))
+        await _set(runtime, key, verify_status="lost", verified_at=now)
     metrics.repair_results.labels(result=outcome).inc()
     return outcome
+
+
+async def _drop_other_form(store: ObjectStore, original: Original, bad: str, good: str) -> None:
+    """After a repair in another form than the damaged copy's, the damaged object goes."""
+    if bad != good:
+        with contextlib.suppress(ObjectNotFound):
+            await store.delete(original.copy_in(bad).key)
+        originals_.forget(store, original.copy_in(bad))
 
 
 async def sweep(runtime: Runtime, *, limit: int = 1000) -> dict[str, int]:
@@ -239,7 +264,9 @@ async def sweep(runtime: Runtime, *, limit: int = 1000) -> dict[str, int]:
             )).all()]
     await enqueue(runtime, "verify", [work_key(p, uid) for p, uid in due_verify])
     await enqueue(runtime, "replicate", due_replicate)
-    return {"verify": len(due_verify), "replicate": len(due_replicate)}
+    due_compact = await compaction.due(runtime, limit=limit)
+    await enqueue(runtime, "compact", due_compact)
+    return {"verify": len(due_verify), "replicate": len(due_replicate), "compact": len(due_compact)}
 
 
 async def orphan_sweep(runtime: Runtime, *, grace_seconds: float | None = None, dry_run: bool = False,
@@ -260,13 +287,14 @@ async def orphan_sweep(runtime: Runtime, *, grace_seconds: float | None = None, 
     return report
 
 
-HANDLERS = {"verify": verify, "replicate": replicate, "repair": repair, TASK: collect_step}
+HANDLERS = {"verify": verify, "replicate": replicate, "repair": repair, TASK: collect_step,
+            "compact": compaction.compact_one, "drop-verbatim": compaction.drop_verbatim}
 
 # Tasks whose outbox rows travel and run together (a Celery message, a pass of the embedded loop):
 # one index read, copies checked or made concurrently, one commit. One row per task, the Celery tier
 # verified and replicated about 13 instances/s while ingest stored 14/s in the chaos soak, and each
 # row cost a message, a lease UPDATE, an index read, an UPDATE and an outbox DELETE of its own.
-BATCHED = {"verify", "replicate"}
+BATCHED = {"verify", "replicate", "compact"}
 
 
 async def run_batch(runtime: Runtime, task: str, keys: list[str]) -> dict[str, str | BaseException]:
@@ -282,6 +310,8 @@ async def run_batch(runtime: Runtime, task: str, keys: list[str]) -> dict[str, s
         try:
             if task == "verify":
                 return dict(await verify_many(runtime, keys))
+            if task == "compact":
+                return await compaction.compact_many(runtime, keys)
             return await replicate_many(runtime, keys)
         except Exception:
             log.exception("a batch failed as a whole; running it key by key", extra={"task": task})

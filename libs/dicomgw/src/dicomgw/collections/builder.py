@@ -42,6 +42,7 @@ import pydicom
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from dicomgw import originals
 from dicomgw.collections import manifest
 from dicomgw.deid import Options, burned_in_candidate, deidentify
 from dicomgw.deid.profile import SECONDARY_CAPTURE_PREFIX, pseudonymous_uid
@@ -50,6 +51,7 @@ from dicomgw.index.models import Collection, CollectionItem, CollectionVersion, 
 from dicomgw.index.qido import parse_query, search
 from dicomgw.ingest import store_parts
 from dicomgw.multipart import SpooledPart
+from dicomgw.originals import Copy
 from dicomgw.partitions import check_name
 from dicomgw.runtime import Runtime
 from dicomgw.storage import partition_prefix
@@ -347,7 +349,7 @@ async def _build(runtime: Runtime, collection: Collection, version: int) -> bool
         if not items:
             return False
         sources = {r.sop_instance_uid: r for r in (await session.execute(
-            select(Instance.sop_instance_uid, Instance.object_key, Instance.sha256)
+            select(Instance.sop_instance_uid, Instance.object_key, Instance.sha256, Instance.stored_form)
             .where(Instance.partition_name == collection.source,
                    Instance.sop_instance_uid.in_([i.source_sop_instance_uid for i in items])))).all()}
     deadline = time.monotonic() + STEP_SECONDS
@@ -365,7 +367,7 @@ async def _build(runtime: Runtime, collection: Collection, version: int) -> bool
             if source is None:
                 entry.excluded = "the original is no longer indexed"
                 return entry
-            data = await runtime.store.read(source.object_key)
+            data = await originals.read(runtime.store, Copy(source.object_key, source.stored_form))
             if hashlib.sha256(data).digest() != bytes(item.original_sha256):
                 # never publish from a damaged copy: verification repairs it, and the step runs again
                 raise RuntimeError(f"an original does not match its SHA-256 ({source.object_key})")
@@ -479,7 +481,7 @@ async def _volumes(runtime: Runtime, name: str, rows: list[manifest.ManifestRow]
         records = await runtime.index.instances(members[0].study_instance_uid, series, partition=name)
         for record in records:
             (folder / f"{record.sop_instance_uid}.dcm").write_bytes(
-                await runtime.store.read(record.object_key))
+                await originals.read(runtime.store, record.copy))
         try:
             volume = await asyncio.to_thread(series_to_nifti, folder, tmp / "nifti", series)
         except ConversionFailed as exc:

@@ -174,6 +174,14 @@ class Instance(Base):
     replica_status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     replicated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     repaired_count: Mapped[int] = mapped_column(Integer, default=0)
+    # the form each copy is kept in (dicomgw.originals): verbatim (the bytes received, at object_key)
+    # or compact (a lossless form that reconstructs them byte for byte, at object_key + ".dgwc")
+    stored_form: Mapped[str] = mapped_column(String(16), default="verbatim", server_default="verbatim")
+    replica_form: Mapped[str] = mapped_column(String(16), default="verbatim", server_default="verbatim")
+    # the compact form's codec (jpegls, zstd...) and size in bytes; NULL while verbatim
+    codec: Mapped[str | None] = mapped_column(String(16))
+    stored_size: Mapped[int | None] = mapped_column(BigInteger)
+    compacted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         PrimaryKeyConstraint("sop_instance_uid", "partition_name"),

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from dicomgw.dicom.parse import ParsedInstance
 from dicomgw.index.db import session_factory
 from dicomgw.index.models import Instance, OutboxItem, Series, Study
+from dicomgw.originals import Copy
 
 # the tables, for Core statements (multi-row INSERTs, the duplicate look-up)
 STUDIES, SERIES, INSTANCES, OUTBOX = (cast(Table, m.__table__) for m in (Study, Series, Instance, OutboxItem))
@@ -71,6 +72,13 @@ class InstanceRecord:
     metadata_json: str
     layout: dict[str, Any]
     instance_number: int | None
+    # the form the primary store keeps the original in (dicomgw.originals: verbatim or compact)
+    stored_form: str = "verbatim"
+
+    @property
+    def copy(self) -> Copy:
+        """The primary store's copy of the original."""
+        return Copy(self.object_key, self.stored_form)
 
 
 class IndexRepository:
@@ -231,6 +239,7 @@ class IndexRepository:
                 metadata_json=r.metadata_json,
                 layout=json.loads(r.layout_json),
                 instance_number=r.instance_number,
+                stored_form=r.stored_form,
             )
             for r in rows
         ]
