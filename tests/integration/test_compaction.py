@@ -145,3 +145,82 @@ async def test_compacted_originals_are_served_byte_for_byte_and_repaired_from_th
                 [(status, repaired)] = db.execute("select verify_status, repaired_count from instances "
                                                   "where sop_instance_uid = ?", (victim_uid,))
             assert (status, repaired) == ("repaired", 1)
+
+
+async def test_a_partitions_policy_moves_its_old_originals_to_the_cold_tier_where_they_are_still_served(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dicomgw.config import Settings
+    from dicomgw.index.repository import work_key
+    from dicomgw.status import integrity_status
+    from dicomgw.storage.tiered import TIER_READS
+    from dicomgw.web.app import build_app
+    from dicomgw_gateway import storage_report
+    from dicomgw_ingest.routes import router as ingest_router
+    from dicomgw_retrieve.routes import router as retrieve_router
+    from dicomgw_worker import loop, tasks
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DICOMGW_REPLICA_BACKEND", "local")
+    monkeypatch.setenv("DICOMGW_COMPACT_AFTER_SECONDS", "0")
+    monkeypatch.setenv("DICOMGW_COMPACT_DROP_AFTER_SECONDS", "0")
+    monkeypatch.setenv("DICOMGW_COLD_BACKEND", "local")
+    monkeypatch.setenv("DICOMGW_COLD_DROP_AFTER_SECONDS", "0")  # the deployment: never cold (-1)
+    corpus = _corpus()[:4]
+    app = build_app(Settings(), [ingest_router, retrieve_router], title="STOW and WADO, no background loop")
+    async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+            created = await c.post("/admin/partitions", json={"name": "old-hospital", "coldAfterSeconds": 0})
+            assert created.status_code == 201, created.text
+            assert created.json()["coldAfterSeconds"] == 0 and created.json()["compactAfterSeconds"] is None
+            body, ct = multipart_related(corpus)
+            for root in ("/dicom-web", "/dicom-web/partitions/old-hospital"):
+                resp = await c.post(f"{root}/studies", content=body, headers={"content-type": ct})
+                assert resp.status_code == 200, resp.text
+            for _ in range(10):
+                await tasks.sweep(runtime)
+                while await loop.drain_once(runtime):
+                    pass
+            with sqlite3.connect(tmp_path / "index.sqlite3") as db:
+                tiers = dict(db.execute("select partition_name, group_concat(distinct tier) from instances "
+                                        "group by partition_name"))
+            assert tiers == {"default": "hot", "old-hospital": "cold"}
+            # the partition's originals are in the cold folder only, compacted first; the rest stay hot
+            files = (tmp_path / "cold").rglob("*")
+            cold = sorted(p.relative_to(tmp_path / "cold") for p in files if p.is_file())
+            assert len(cold) == len(corpus)
+            assert all(p.parts[:2] == ("partitions", "old-hospital") for p in cold)
+            assert any(p.suffix == ".dgwc" for p in cold)
+            assert not (tmp_path / "objects" / "partitions").exists() or \
+                not [p for p in (tmp_path / "objects" / "partitions").rglob("*") if p.is_file()]
+            hot = [p for p in (tmp_path / "objects" / "originals").rglob("*") if p.is_file()]
+            assert len(hot) == len(corpus)
+
+            before = TIER_READS.labels(tier="cold")._value.get()
+            for original in corpus:
+                ds = pydicom.dcmread(io.BytesIO(original), stop_before_pixels=True)
+                root = "/dicom-web/partitions/old-hospital"
+                resp = await c.get(f"{root}/studies/{ds.StudyInstanceUID}/series/"
+                                   f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
+                                   headers={"accept": 'multipart/related; type="application/dicom"; '
+                                                      'transfer-syntax=*'})
+                assert resp.status_code == 200, resp.text
+                [(_, payload)] = split_multipart(resp.content, resp.headers["content-type"])
+                assert payload == original
+                # and verification reads the cold copy
+                assert await tasks.verify(runtime, work_key("old-hospital", ds.SOPInstanceUID)) == "verified"
+            assert TIER_READS.labels(tier="cold")._value.get() >= before + len(corpus)
+
+            report = storage_report.report(
+                await integrity_status(runtime.index, replica_enabled=True), runtime.settings.cost)
+            on_disk = sum((tmp_path / "cold" / p).stat().st_size for p in cold)
+            assert report["stores"]["cold"]["stored_bytes"] == on_disk
+            assert report["stores"]["cold"]["per_tb_month"] < report["stores"]["primary"]["per_tb_month"]
+
+            # the policy is changed and read back over the admin API; bad input is a clear 400 or 404
+            changed = await c.patch("/admin/partitions/old-hospital", json={"coldAfterSeconds": None})
+            assert changed.status_code == 200 and changed.json()["coldAfterSeconds"] is None
+            bad = await c.patch("/admin/partitions/old-hospital", json={"coldAfterSeconds": "soon"})
+            assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
+            missing = await c.patch("/admin/partitions/nowhere", json={"coldAfterSeconds": 1})
+            assert missing.status_code == 404

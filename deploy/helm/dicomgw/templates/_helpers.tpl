@@ -77,6 +77,14 @@ env:
     valueFrom:
       {{- include "dicomgw.secretRef" (dict "ctx" . "existing" .Values.replica.existingSecret "key" "secret-key" "own" "replica-secret-key") | nindent 6 }}
   {{- end }}
+  {{- if .Values.cold.bucket }}
+  - name: DICOMGW_COLD_ACCESS_KEY
+    valueFrom:
+      {{- include "dicomgw.secretRef" (dict "ctx" . "existing" .Values.storage.existingSecret "key" "access-key" "own" "storage-access-key") | nindent 6 }}
+  - name: DICOMGW_COLD_SECRET_KEY
+    valueFrom:
+      {{- include "dicomgw.secretRef" (dict "ctx" . "existing" .Values.storage.existingSecret "key" "secret-key" "own" "storage-secret-key") | nindent 6 }}
+  {{- end }}
 {{- end -}}
 
 {{/* Pod-level settings shared by every workload. */}}

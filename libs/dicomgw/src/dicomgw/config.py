@@ -190,6 +190,25 @@ class AuditSettings(BaseSettings):
     syslog_url: str | None = None
 
 
+class ColdSettings(StorageSettings):
+    """The cold tier: a cheaper bucket or folder the worker moves old originals to (in the form they
+    are kept in); reads find them there, more slowly. Off unless configured."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMGW_COLD_")
+
+    backend: Literal["none", "local", "s3"] = "none"  # type: ignore[assignment]
+    bucket: str = "dicom-cold"
+    # seconds after ingest before a verified (and replicated) original moves to the cold tier; a
+    # partition may set its own (`dicomgw partitions policy`); negative = never
+    after_seconds: float = -1
+    # a hot copy stays this long after its cold copy is committed, so that reads under way finish
+    drop_after_seconds: float = Field(default=300, ge=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend != "none"
+
+
 FrameCodec = Literal["jpegls", "htj2k", "jpegxl", "zstd"]
 DEFAULT_FRAME_CODECS: tuple[FrameCodec, ...] = ("jpegls", "htj2k", "zstd")
 
@@ -229,6 +248,7 @@ class CostSettings(BaseSettings):
     # list prices of object storage's standard class, as a starting point; set your own
     primary_per_tb_month: float = Field(default=23.0, ge=0)
     replica_per_tb_month: float = Field(default=23.0, ge=0)
+    cold_per_tb_month: float = Field(default=4.0, ge=0)
 
 
 class Settings(BaseSettings):
@@ -251,6 +271,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     compact: CompactSettings = Field(default_factory=CompactSettings)
+    cold: ColdSettings = Field(default_factory=ColdSettings)
     cost: CostSettings = Field(default_factory=CostSettings)
 
     @property
@@ -260,6 +281,10 @@ class Settings(BaseSettings):
     @property
     def replica_path(self) -> Path:
         return self.replica.path or (self.data_dir / "replica")
+
+    @property
+    def cold_path(self) -> Path:
+        return self.cold.path or (self.data_dir / "cold")
 
     @property
     def spool_path(self) -> Path:

@@ -76,7 +76,7 @@ def set_integrity(status: dict[str, Any]) -> None:
         OUTBOX.labels(task=task).set(status["outbox"].get(task, 0))
     storage = status["storage"]
     RECEIVED_BYTES.set(storage["received_bytes"])
-    for store in ("primary", "replica"):
+    for store in ("primary", "cold", "replica"):
         for form in ("verbatim", "compact"):
             STORED_BYTES.labels(store=store, form=form).set(storage[store].get(form, {"bytes": 0})["bytes"])
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from dicomgw.errors import BadRequest, Conflict
+from dicomgw.errors import BadRequest, Conflict, NotFound
 from dicomgw.index.models import Partition
 from dicomgw.index.repository import DEFAULT, IndexRepository, parse_work_key, work_key
 
@@ -44,15 +44,37 @@ class PartitionInfo:
     read_only: bool
     description: str
     created_at: datetime | None
+    # storage lifecycle (seconds after ingest; None: the deployment's setting; negative: never)
+    compact_after_seconds: float | None = None
+    cold_after_seconds: float | None = None
 
     def as_json(self) -> dict[str, object]:
         return {"name": self.name, "kind": self.kind, "readOnly": self.read_only,
                 "description": self.description,
-                "created": self.created_at.isoformat() if self.created_at else None}
+                "created": self.created_at.isoformat() if self.created_at else None,
+                "compactAfterSeconds": self.compact_after_seconds,
+                "coldAfterSeconds": self.cold_after_seconds}
 
 
 def _info(row: Partition) -> PartitionInfo:
-    return PartitionInfo(row.name, row.kind, bool(row.read_only), row.description, row.created_at)
+    return PartitionInfo(row.name, row.kind, bool(row.read_only), row.description, row.created_at,
+                         row.compact_after_seconds, row.cold_after_seconds)
+
+
+POLICY = {"compactAfterSeconds": "compact_after_seconds", "coldAfterSeconds": "cold_after_seconds"}
+
+
+def parse_policy(body: dict[str, object]) -> dict[str, float | None]:
+    """The lifecycle members of an admin request's JSON body (a number of seconds, or null for the
+    deployment's setting); a 400 for anything else."""
+    policy: dict[str, float | None] = {}
+    for member, column in POLICY.items():
+        if member in body:
+            value = body[member]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise BadRequest(f"{member} is a number of seconds (negative: never), or null")
+            policy[column] = None if value is None else float(value)
+    return policy
 
 
 class Partitions:
@@ -75,14 +97,27 @@ class Partitions:
         return info
 
     async def create(self, name: str, *, kind: str = "archive", read_only: bool = False,
-                     description: str = "") -> PartitionInfo:
+                     description: str = "", policy: dict[str, float | None] | None = None) -> PartitionInfo:
         check_name(name)
         try:
             async with self.index.sessions.begin() as session:
                 session.add(Partition(name=name, kind=kind, read_only=read_only,
-                                      description=description[:256]))
+                                      description=description[:256], **(policy or {})))
         except IntegrityError:
             raise Conflict(f"a partition named {name} exists already") from None
+        info = await self.get(name)
+        assert info is not None
+        return info
+
+    async def set_policy(self, name: str, policy: dict[str, float | None]) -> PartitionInfo:
+        """Change a partition's storage lifecycle; NotFound when there is no such partition."""
+        async with self.index.sessions.begin() as session:
+            found = (await session.execute(select(Partition).where(Partition.name == name))).scalar()
+            if found is None:
+                raise NotFound(f"no partition named {name}")
+            for column, value in policy.items():
+                setattr(found, column, value)
+        self._known.pop(name, None)
         info = await self.get(name)
         assert info is not None
         return info

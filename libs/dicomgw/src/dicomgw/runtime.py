@@ -16,6 +16,7 @@ from dicomgw.index.db import create_engine, upgrade
 from dicomgw.index.repository import IndexRepository
 from dicomgw.partitions import Partitions
 from dicomgw.storage import ObjectStore, open_store
+from dicomgw.storage.tiered import TieredStore
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Runtime:
     partitions: Partitions
     # the second copy of every original, when one is configured
     replica: ObjectStore | None = None
+    # the cold tier, when one is configured (``store`` is then a TieredStore reading from both)
+    cold: ObjectStore | None = None
 
 
 @asynccontextmanager
@@ -39,6 +42,9 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
         await upgrade(settings.index_url)
     engine = create_engine(settings.index_url, pool_size=settings.index.pool_size)
     store = await open_store(settings.storage, settings.objects_path)
+    cold = await open_store(settings.cold, settings.cold_path) if settings.cold.enabled else None
+    if cold is not None:
+        store = TieredStore(store, cold)
     replica = (await open_store(settings.replica, settings.replica_path)
                if settings.replica.enabled else None)
     # New originals owe a verification, and a replication when there is a replica.
@@ -50,10 +56,10 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> AsyncIter
     try:
         yield Runtime(settings=settings, engine=engine, index=index, store=store, auth=auth,
                       audit=AuditTrail(engine, settings.audit.flush_seconds, syslog),
-                      partitions=Partitions(index), replica=replica)
+                      partitions=Partitions(index), replica=replica, cold=cold)
     finally:
         await auth.close()
         if replica is not None:
             await replica.close()
-        await store.close()
+        await store.close()  # a TieredStore closes its cold store too
         await engine.dispose()

@@ -54,7 +54,8 @@ async def integrity_status(index: IndexRepository, *, replica_enabled: bool) -> 
 
 async def _storage(session: Any, replica_enabled: bool) -> dict[str, Any]:
     """Bytes received, and what each store keeps by form (dicomgw.originals) and the compact ones by
-    codec: originals, their bytes as received, and the bytes stored."""
+    codec: originals, their bytes as received, and the bytes stored. The primary copies are counted
+    in the store of their tier: "primary" (hot) or "cold"."""
     stored = case((Instance.stored_form == "compact", Instance.stored_size), else_=Instance.size)
     replica_stored = case((Instance.replica_form == "compact", Instance.stored_size), else_=Instance.size)
 
@@ -72,7 +73,8 @@ async def _storage(session: Any, replica_enabled: bool) -> dict[str, Any]:
     return {
         "originals": int(received[0]), "received_bytes": int(received[1] or 0),
         "not_compacted_yet": int(uncompacted),
-        "primary": await by(Instance.stored_form, stored),
+        "primary": await by(Instance.stored_form, stored, Instance.tier == "hot"),
+        "cold": await by(Instance.stored_form, stored, Instance.tier == "cold"),
         "replica": await by(Instance.replica_form, replica_stored, Instance.replica_status == "replicated")
         if replica_enabled else {},
         "codecs": await by(Instance.codec, Instance.stored_size, Instance.stored_form == "compact"),

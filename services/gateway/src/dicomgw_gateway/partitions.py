@@ -1,4 +1,4 @@
-"""``dicomgw partitions create|list``: separate archives behind one gateway (one per hospital).
+"""``dicomgw partitions create|list|policy``: separate archives behind one gateway (one per hospital).
 
 A partition's DICOMweb root is ``{root}/partitions/{name}``: give it to a PACS's forwarding rule, OHIF
 or dicomweb-client as it is. Credentials see a partition through a scope for it (``dicomgw keys create
@@ -21,6 +21,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     create.add_argument("--description", default="")
     add_connection_args(create)
     create.set_defaults(func=_create)
+    policy = actions.add_parser("policy", help="set a partition's storage lifecycle (seconds after "
+                                "ingest; negative: never; 'default': the deployment's setting)")
+    policy.add_argument("name")
+    policy.add_argument("--compact-after", metavar="SECONDS", help="keep originals compact after this age")
+    policy.add_argument("--cold-after", metavar="SECONDS",
+                        help="move originals to the cold tier after this age")
+    add_connection_args(policy)
+    policy.set_defaults(func=_policy)
     listing = actions.add_parser("list", help="list every partition")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     add_connection_args(listing)
@@ -33,6 +41,21 @@ def _create(args: argparse.Namespace) -> int:
                              json={"name": args.name, "description": args.description})
         print(f"created partition {info['name']}; its DICOMweb root is "
               f"{gateway.root}/partitions/{info['name']}")
+    return 0
+
+
+def _seconds(value: str) -> float | None:
+    return None if value == "default" else float(value)
+
+
+def _policy(args: argparse.Namespace) -> int:
+    body = {member: _seconds(value) for member, value in (("compactAfterSeconds", args.compact_after),
+                                                          ("coldAfterSeconds", args.cold_after))
+            if value is not None}
+    with Gateway(args.url, args.token) as gateway:
+        info = gateway.admin("PATCH", f"partitions/{args.name}", json=body)
+    print(f"partition {info['name']}: compact after {info['compactAfterSeconds']}, "
+          f"cold after {info['coldAfterSeconds']} (None: the deployment's setting)")
     return 0
 
 

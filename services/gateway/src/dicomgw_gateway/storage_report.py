@@ -19,11 +19,12 @@ def report(status: dict[str, Any], costs: CostSettings) -> dict[str, Any]:
     received = int(storage["received_bytes"])
     stores: dict[str, Any] = {}
     monthly = verbatim_monthly = 0.0
-    prices = {"primary": costs.primary_per_tb_month, "replica": costs.replica_per_tb_month}
+    prices = {"primary": costs.primary_per_tb_month, "cold": costs.cold_per_tb_month,
+              "replica": costs.replica_per_tb_month}
     for name, price in prices.items():
-        if name == "replica" and not status["replica"]["enabled"]:
-            continue
         forms = storage[name]
+        if (name == "replica" and not status["replica"]["enabled"]) or (name == "cold" and not forms):
+            continue
         stored = sum(f["bytes"] for f in forms.values())
         original = sum(f["original_bytes"] for f in forms.values())
         cost, verbatim_cost = stored / TB * price, original / TB * price

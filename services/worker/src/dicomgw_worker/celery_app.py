@@ -30,6 +30,8 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     # compaction is CPU-bound: a queue of its own, so that an operator can give it its own workers
     "dicomgw.compact": {"queue": "compact"},
     "dicomgw.drop_verbatim": {"queue": "compact"},
+    "dicomgw.tier_cold": {"queue": "compact"},
+    "dicomgw.drop_hot": {"queue": "compact"},
     "dicomgw.sweep": {"queue": "verify"},
     "dicomgw.import_study": {"queue": "import"},
     # research collections: long steps of their own, so that an operator can give them other workers
@@ -203,6 +205,17 @@ def compact_task(self: Task, items: Any, key: str | None = None) -> str:
 @celery.task(name="dicomgw.drop_verbatim", bind=True)
 def drop_verbatim_task(self: Task, items: Any, key: str | None = None) -> str:
     return _run_outbox_batch(self, "drop-verbatim", items, key)
+
+
+@celery.task(name="dicomgw.tier_cold", bind=True)
+def tier_cold_task(self: Task, items: Any, key: str | None = None) -> str:
+    """Originals moved to the cold tier (dicomgw_worker.tiering)."""
+    return _run_outbox_batch(self, "tier-cold", items, key)
+
+
+@celery.task(name="dicomgw.drop_hot", bind=True)
+def drop_hot_task(self: Task, items: Any, key: str | None = None) -> str:
+    return _run_outbox_batch(self, "drop-hot", items, key)
 
 
 @celery.task(name="dicomgw.collect", bind=True)

@@ -24,13 +24,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 
 from dicomgw import compact, originals
-from dicomgw.index.models import Instance
+from dicomgw.index.models import Instance, Partition
 from dicomgw.index.repository import parse_work_key, work_key
 from dicomgw.runtime import Runtime
 from dicomgw.storage import ObjectNotFound, ObjectStore
@@ -44,20 +44,27 @@ CONCURRENCY = 2
 
 
 async def due(runtime: Runtime, *, limit: int = 1000) -> list[str]:
-    """Keys of the originals the sweep queues for compaction."""
+    """Keys of the originals the sweep queues for compaction (each partition by its own policy, or
+    the deployment's)."""
+    from dicomgw_worker.tiering import cutoffs
+
     settings = runtime.settings.compact
-    if not settings.enabled:
-        return []
-    cutoff = datetime.now(UTC) - timedelta(seconds=settings.after_seconds)
-    query = (select(Instance.partition_name, Instance.sop_instance_uid)
-             .where(Instance.stored_form == originals.VERBATIM, Instance.compacted_at.is_(None),
-                    Instance.verify_status == "verified", Instance.created_at <= cutoff,
-                    Instance.size <= settings.max_bytes)
-             .limit(limit))
-    if runtime.replica is not None:
-        query = query.where(Instance.replica_status == "replicated")
-    async with runtime.index.sessions() as session:
-        return [work_key(p, uid) for p, uid in (await session.execute(query)).all()]
+    keys: list[str] = []
+    for partition, cutoff in (await cutoffs(runtime, Partition.compact_after_seconds,
+                                            settings.after_seconds)).items():
+        query = (select(Instance.sop_instance_uid)
+                 .where(Instance.partition_name == partition, Instance.stored_form == originals.VERBATIM,
+                        Instance.compacted_at.is_(None), Instance.tier == "hot",
+                        Instance.verify_status == "verified", Instance.created_at <= cutoff,
+                        Instance.size <= settings.max_bytes)
+                 .limit(limit - len(keys)))
+        if runtime.replica is not None:
+            query = query.where(Instance.replica_status == "replicated")
+        async with runtime.index.sessions() as session:
+            keys += [work_key(partition, uid) for (uid,) in (await session.execute(query)).all()]
+        if len(keys) >= limit:
+            break
+    return keys
 
 
 async def _row(runtime: Runtime, key: str) -> Original | None:

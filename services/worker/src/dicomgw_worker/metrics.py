@@ -32,3 +32,4 @@ compaction_results = Counter("dicomgw_compaction_results_total",
 compaction_bytes = Counter("dicomgw_compaction_bytes_total",
                            "Bytes of the originals compacted (original) and of their compact forms (stored)",
                            ["kind"])
+tier_moves = Counter("dicomgw_tier_moves_total", "Originals moved to a storage tier", ["tier"])

@@ -28,7 +28,8 @@ log = logging.getLogger("dicomgw.relay")
 
 TASK_NAMES = {"verify": "dicomgw.verify", "replicate": "dicomgw.replicate", "repair": "dicomgw.repair",
               "collect": "dicomgw.collect", "compact": "dicomgw.compact",
-              "drop-verbatim": "dicomgw.drop_verbatim"}
+              "drop-verbatim": "dicomgw.drop_verbatim", "tier-cold": "dicomgw.tier_cold",
+              "drop-hot": "dicomgw.drop_hot"}
 
 
 def queue_depths(celery: Celery, queues: set[str]) -> dict[str, int]:

@@ -23,7 +23,7 @@ from dicomgw.index.repository import parse_work_key, work_key
 from dicomgw.orphans import LIMIT, OrphanReport, sweep_orphans
 from dicomgw.runtime import Runtime
 from dicomgw.storage import ObjectNotFound, ObjectStore
-from dicomgw_worker import compaction, metrics
+from dicomgw_worker import compaction, metrics, tiering
 from dicomgw_worker.copies import Original, check, copy
 
 log = logging.getLogger("dicomgw.worker")
@@ -226,8 +226,9 @@ async def repair(runtime: Runtime, key: str) -> str:
         if await check(runtime.store, original, original.replica_form) != "good":
             raise RuntimeError("repaired primary copy did not verify")
         outcome = "primary-repaired"
+        # written to the hot store: the row says so, and the lifecycle moves it to the cold tier again
         await _set(runtime, key, verify_status="repaired", verified_at=now, stored_form=original.replica_form,
-                   repaired_count=Instance.repaired_count + 1)
+                   tier="hot", repaired_count=Instance.repaired_count + 1)
         await _drop_other_form(runtime.store, original, original.form, original.replica_form)
     else:
         outcome = "lost"
@@ -266,7 +267,10 @@ async def sweep(runtime: Runtime, *, limit: int = 1000) -> dict[str, int]:
     await enqueue(runtime, "replicate", due_replicate)
     due_compact = await compaction.due(runtime, limit=limit)
     await enqueue(runtime, "compact", due_compact)
-    return {"verify": len(due_verify), "replicate": len(due_replicate), "compact": len(due_compact)}
+    due_cold = await tiering.due(runtime, limit=limit)
+    await enqueue(runtime, "tier-cold", due_cold)
+    return {"verify": len(due_verify), "replicate": len(due_replicate), "compact": len(due_compact),
+            "tier-cold": len(due_cold)}
 
 
 async def orphan_sweep(runtime: Runtime, *, grace_seconds: float | None = None, dry_run: bool = False,
@@ -288,7 +292,8 @@ async def orphan_sweep(runtime: Runtime, *, grace_seconds: float | None = None, 
 
 
 HANDLERS = {"verify": verify, "replicate": replicate, "repair": repair, TASK: collect_step,
-            "compact": compaction.compact_one, "drop-verbatim": compaction.drop_verbatim}
+            "compact": compaction.compact_one, "drop-verbatim": compaction.drop_verbatim,
+            "tier-cold": tiering.move_cold, "drop-hot": tiering.drop_hot}
 
 # Tasks whose outbox rows travel and run together (a Celery message, a pass of the embedded loop):
 # one index read, copies checked or made concurrently, one commit. One row per task, the Celery tier

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -58,6 +59,10 @@ class Partition(Base):
     read_only: Mapped[bool] = mapped_column(Boolean, default=False)
     description: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # storage lifecycle of this partition's originals (seconds after ingest; NULL: the deployment's
+    # DICOMGW_COMPACT_AFTER_SECONDS / DICOMGW_COLD_AFTER_SECONDS; negative: never)
+    compact_after_seconds: Mapped[float | None] = mapped_column(Float)
+    cold_after_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 class Study(Base):
@@ -182,6 +187,8 @@ class Instance(Base):
     codec: Mapped[str | None] = mapped_column(String(16))
     stored_size: Mapped[int | None] = mapped_column(BigInteger)
     compacted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # where the primary copy is: "hot" (the primary store) or "cold" (the cold tier's store)
+    tier: Mapped[str] = mapped_column(String(8), default="hot", server_default="hot")
 
     __table_args__ = (
         PrimaryKeyConstraint("sop_instance_uid", "partition_name"),

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from dicomgw.auth import ADMIN
 from dicomgw.errors import BadRequest
 from dicomgw.metrics import exposition, set_integrity
-from dicomgw.partitions import check_name
+from dicomgw.partitions import check_name, parse_policy
 from dicomgw.status import integrity_status
 from dicomgw.web.deps import RuntimeDep, dicomweb_root
 from dicomgw.web.security import authorize, requires
@@ -93,9 +93,21 @@ async def create_partition(request: Request, runtime: RuntimeDep) -> JSONRespons
     name, description = body.get("name"), body.get("description", "")
     if not isinstance(name, str) or not isinstance(description, str):
         raise BadRequest('send {"name": "...", "description": "..."}')
-    info = await runtime.partitions.create(check_name(name), description=description)
+    info = await runtime.partitions.create(check_name(name), description=description,
+                                           policy=parse_policy(body))
     return JSONResponse(info.as_json(), status_code=201,
                         headers={"Location": f"{dicomweb_root(request)}/partitions/{info.name}"})
+
+
+@router.patch("/admin/partitions/{name}", dependencies=[requires(ADMIN)])
+async def change_partition(name: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+    """Change a partition's storage lifecycle: ``{"compactAfterSeconds": 0, "coldAfterSeconds":
+    31536000}`` (seconds after ingest; negative: never; null: the deployment's setting). 404 for no
+    such partition, 400 for anything but numbers or null."""
+    policy = parse_policy(await json_body(request))
+    if not policy:
+        raise BadRequest("send compactAfterSeconds and/or coldAfterSeconds")
+    return (await runtime.partitions.set_policy(name, policy)).as_json()
 
 
 async def json_body(request: Request) -> dict[str, Any]:
