@@ -48,6 +48,8 @@ REPAIRED = Gauge("dicomgw_originals_repaired", "Copies repaired since the archiv
 RECEIVED_BYTES = Gauge("dicomgw_original_bytes",
                        "Bytes of the originals as received (what is kept byte for byte)",
                        multiprocess_mode="mostrecent")
+PRICES = Gauge("dicomgw_storage_price_per_tb_month", "Price per TB-month of each store (DICOMGW_COST_*)",
+               ["store"], multiprocess_mode="mostrecent")
 STORED_BYTES = Gauge("dicomgw_stored_bytes",
                      "Bytes each store keeps for the originals, by form (verbatim, compact)",
                      ["store", "form"], multiprocess_mode="mostrecent")
@@ -61,6 +63,11 @@ def exposition() -> bytes:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()
+
+
+def set_prices(primary: float, replica: float, cold: float) -> None:
+    for store, price in (("primary", primary), ("replica", replica), ("cold", cold)):
+        PRICES.labels(store=store).set(price)
 
 
 def set_integrity(status: dict[str, Any]) -> None:

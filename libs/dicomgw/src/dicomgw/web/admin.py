@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from dicomgw.auth import ADMIN
 from dicomgw.errors import BadRequest
-from dicomgw.metrics import exposition, set_integrity
+from dicomgw.metrics import exposition, set_integrity, set_prices
 from dicomgw.partitions import check_name, parse_policy
 from dicomgw.status import integrity_status
 from dicomgw.web.deps import RuntimeDep, dicomweb_root
@@ -67,6 +67,8 @@ async def metrics(runtime: RuntimeDep, request: Request) -> Response:
         await authorize(request, ADMIN)
     if runtime.settings.metrics_integrity:
         set_integrity(await integrity_status(runtime.index, replica_enabled=runtime.replica is not None))
+        cost = runtime.settings.cost
+        set_prices(cost.primary_per_tb_month, cost.replica_per_tb_month, cost.cold_per_tb_month)
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
