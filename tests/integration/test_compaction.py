@@ -21,6 +21,7 @@ from tests.dicomdata import multipart_related, split_multipart, with_fresh_sop_u
 FILES = ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "SC_rgb.dcm", "US1_UNCR.dcm",
          "MR_small_padded.dcm", "JPEG2000.dcm"]
 IMAGE_CODECS = ("jpegls", "htj2k", "jpegxl")
+JPEG_LS = "1.2.840.10008.1.2.4.80"
 
 
 def _corpus() -> list[bytes]:
@@ -128,6 +129,33 @@ async def test_compacted_originals_are_served_byte_for_byte_and_repaired_from_th
                 assert resp.status_code == 200, resp.text
                 got = [p for _, p in split_multipart(resp.content, resp.headers["content-type"])]
                 assert got == expected, uid
+
+            # a client that decodes the compact frames' syntax gets their codestreams as they are
+            import imagecodecs
+
+            served_as_is = 0
+            for uid in compacted:
+                ds = pydicom.dcmread(io.BytesIO(by_uid[uid]))
+                if ds.file_meta.TransferSyntaxUID.is_compressed:
+                    continue
+                base = (f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                        f"/instances/{uid}")
+                for accept in ('multipart/related; type="application/octet-stream"; '
+                               f"transfer-syntax={JPEG_LS}", 'multipart/related; type="image/jls"'):
+                    resp = await c.get(f"{base}/frames/1", headers={"accept": accept})
+                    if rows[uid][2] != "jpegls":
+                        assert resp.status_code == 406, (uid, rows[uid], resp.text)
+                        continue
+                    assert resp.status_code == 200, resp.text
+                    [(headers, codestream)] = split_multipart(resp.content, resp.headers["content-type"])
+                    assert f"transfer-syntax={JPEG_LS}" in headers["content-type"]
+                    frames = int(ds.get("NumberOfFrames") or 1)
+                    expected = ds.pixel_array if frames == 1 else ds.pixel_array[0]
+                    decoded = imagecodecs.jpegls_decode(codestream)
+                    assert (decoded.reshape(expected.shape).view(expected.dtype) == expected).all(), uid
+                    assert len(codestream) < len(_frames(by_uid[uid])[0])
+                    served_as_is += 1
+            assert served_as_is >= 2
 
             # a flipped byte in a compact copy: verification finds it, repair restores it from the replica
             victim_uid = next(uid for uid in compacted if rows[uid][2] in IMAGE_CODECS)

@@ -58,35 +58,38 @@ def _octet_stream(ts: str | None, stored: str, multipart: bool) -> Choice | None
     return None
 
 
-def _frame_choice(r: MediaRange, stored: str, count: int) -> Choice | None:
+def _frame_choice(r: MediaRange, stored: str, count: int, compact: str | None) -> Choice | None:
     ts = r.transfer_syntax
     if r.media in ("*/*", "multipart/*"):
         return Choice("application/octet-stream", EXPLICIT_VR_LITTLE_ENDIAN)
-    if r.media == "multipart/related":
-        part = r.part_type or "application/octet-stream"
-        if part in ("application/octet-stream", "*/*"):
-            return _octet_stream(ts, stored, True)
-        if stored in FRAME_MEDIA_TYPES.get(part, ()) and ts in (None, ORIGINAL, stored):
-            return Choice(part, ORIGINAL)
-        return None
-    if count != 1:
+    multipart = r.media == "multipart/related"
+    if not multipart and count != 1:
         return None  # several frames need a multipart body
-    if r.media == "application/octet-stream":
-        return _octet_stream(ts, stored, False)
-    if stored in FRAME_MEDIA_TYPES.get(r.media, ()) and ts in (None, ORIGINAL, stored):
-        return Choice(r.media, ORIGINAL, multipart=False)
+    media = (r.part_type or "application/octet-stream") if multipart else r.media
+    if media in ("application/octet-stream", "*/*"):
+        if compact is not None and ts == compact:  # the compact copy's own codestreams, as they are
+            return Choice("application/octet-stream", compact, multipart)
+        return _octet_stream(ts, stored, multipart)
+    if stored in FRAME_MEDIA_TYPES.get(media, ()) and ts in (None, ORIGINAL, stored):
+        return Choice(media, ORIGINAL, multipart)
+    if compact in FRAME_MEDIA_TYPES.get(media, ()) and ts in (None, ORIGINAL, compact):
+        assert compact is not None
+        return Choice(media, compact, multipart)
     return None
 
 
-def frames(ranges: list[MediaRange], stored: str, *, count: int) -> Choice:
-    """Frames: octet-stream (stored or uncompressed), or the compressed image media type as stored."""
+def frames(ranges: list[MediaRange], stored: str, *, count: int, compact: str | None = None) -> Choice:
+    """Frames: octet-stream (stored or uncompressed), or the compressed image media type as stored;
+    for a compact copy also its frames' own codestreams (``compact``: their transfer syntax), asked
+    for by that syntax or its image media type, and sent without decoding."""
     for r in ranges:
-        choice = _frame_choice(r, stored, count)
+        choice = _frame_choice(r, stored, count, compact)
         if choice is not None:
             return choice
+    also = f", or {compact} (kept compact)" if compact else ""
     raise NotAcceptable(
         "frames are available as multipart/related; type=application/octet-stream "
-        f"(uncompressed, or transfer-syntax=* for the stored {stored})"
+        f"(uncompressed, or transfer-syntax=* for the stored {stored}{also})"
     )
 
 

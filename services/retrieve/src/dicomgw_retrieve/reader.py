@@ -145,6 +145,16 @@ async def _compact_frame(store: ObjectStore, record: InstanceRecord, number: int
     return b"".join(original[o:o + n] for o, n in ranges)
 
 
+async def compact_syntax(store: ObjectStore, record: InstanceRecord) -> str | None:
+    """The transfer syntax in which a compact copy's frame codestreams can be sent as they are (its
+    frames those of the original's native Pixel Data); None for a verbatim copy or the whole-file
+    form."""
+    if record.stored_form == originals.VERBATIM or not ranges_usable(record):
+        return None
+    found = await originals.header(store, record.copy)
+    return found.transfer_syntax if found.frames == len(record.layout["frames"]) else None
+
+
 async def frame(store: ObjectStore, record: InstanceRecord, number: int,
                 transfer_syntax: str) -> Frame:
     """Frame ``number`` (1-based) as stored (ORIGINAL) or as uncompressed little-endian bytes.
@@ -156,6 +166,11 @@ async def frame(store: ObjectStore, record: InstanceRecord, number: int,
         raise NotFound(f"the instance has {frame_count(record)} frame(s)")
     undamaged(record)
     stored_ts = record.transfer_syntax_uid
+    if transfer_syntax not in (ORIGINAL, stored_ts, EXPLICIT_VR_LITTLE_ENDIAN) and \
+            record.stored_form != originals.VERBATIM:
+        got = await originals.frame_codestream(store, record.copy, number - 1)
+        if got is not None and got[0].transfer_syntax == transfer_syntax:
+            return Frame(got[1], transfer_syntax)  # the compact copy's codestream, not decoded
     if not ranges_usable(record):
         original = await read_part10(store, record)
         [data] = await asyncio.to_thread(frames_from_whole, original, [number - 1])

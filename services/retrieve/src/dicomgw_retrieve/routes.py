@@ -225,7 +225,9 @@ async def retrieve_frames(study: str, series: str, instance: str, frame_list: st
                           runtime: RuntimeDep) -> Response:
     numbers = _frame_numbers(frame_list)
     [record] = await _records(request, runtime, study, series, instance)
-    choice = negotiate.frames(_accept(request), record.transfer_syntax_uid, count=len(numbers))
+    compact = await reader.compact_syntax(runtime.store, record)
+    choice = negotiate.frames(_accept(request), record.transfer_syntax_uid, count=len(numbers),
+                              compact=compact)
     count = reader.frame_count(record)
     if max(numbers) > count:
         raise NotFound(f"the instance has {count} frame(s)")
