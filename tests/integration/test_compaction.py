@@ -174,6 +174,21 @@ async def test_compacted_originals_are_served_byte_for_byte_and_repaired_from_th
                                                   "where sop_instance_uid = ?", (victim_uid,))
             assert (status, repaired) == ("repaired", 1)
 
+            # compact objects no row keeps compact (a compaction killed before its commit) are swept;
+            # the ones rows keep are not
+            strays = [tmp_path / "objects" / f"originals/1.2.3/1.2.3.4/1.2.3.4.5/{'ab' * 32}.dcm.dgwc"]
+            strays += [tmp_path / "objects" / (row[4] + ".dgwc") for row in rows.values()
+                       if row[0] == "verbatim"]
+            for stray in strays:
+                stray.parent.mkdir(parents=True, exist_ok=True)
+                stray.write_bytes(b"DGWC left over")
+            swept = await tasks.orphan_sweep(runtime, grace_seconds=0)
+            assert not [stray for stray in strays if stray.exists()], swept.summary()
+            for uid in compacted:
+                assert (tmp_path / "objects" / (rows[uid][4] + ".dgwc")).exists()
+                assert (tmp_path / "replica" / (rows[uid][4] + ".dgwc")).exists()
+            assert await served(victim_uid) == by_uid[victim_uid]
+
 
 async def test_a_partitions_policy_moves_its_old_originals_to_the_cold_tier_where_they_are_still_served(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,7 +37,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +50,8 @@ from dicomgw.errors import InstanceRejected
 from dicomgw.index.models import Instance, OutboxItem
 from dicomgw.index.repository import DEFAULT, StoredObject, work_key
 from dicomgw.multipart import spool_single
+from dicomgw.originals import COMPACT, VERBATIM
+from dicomgw.originals import original_key as original_key_of
 from dicomgw.partitions import valid_name
 from dicomgw.runtime import Runtime
 from dicomgw.storage import ObjectInfo, ObjectNotFound, ObjectStore, original_key
@@ -84,10 +86,23 @@ class OriginalKey:
     series_instance_uid: str
     sop_instance_uid: str
     sha256: bytes
+    # the form of the stored object at ``key`` (dicomgw.originals): the original as received, or a
+    # compact copy of it (``key`` then ends in ".dgwc")
+    form: str = VERBATIM
+
+    @property
+    def object_key(self) -> str:
+        """The original's key, the one its index row names."""
+        return original_key_of(self.key)[0]
 
 
 def parse_original_key(key: str) -> OriginalKey | None:
-    """The parts of a key the ingest path writes for an original, or None for any other key."""
+    """The parts of a key the ingest path writes for an original (or compaction, for its compact
+    copy), or None for any other key."""
+    base, form = original_key_of(key)
+    if form == COMPACT:
+        parsed = parse_original_key(base)
+        return None if parsed is None else replace(parsed, key=key, form=COMPACT)
     match = _ORIGINAL_KEY.match(key)
     if match is None:
         return None
@@ -152,11 +167,26 @@ class OrphanReport:
 class _Candidate:
     original: OriginalKey
     info: ObjectInfo
-    # (object key, SHA-256) of the row indexed as this SOP Instance UID in the partition, if any
-    row: tuple[str, bytes] | None
+    # the row indexed as this SOP Instance UID in the partition, if any
+    row: _Row | None
 
 
-async def _rows(runtime: Runtime, keys: Sequence[OriginalKey]) -> dict[tuple[str, str], tuple[str, bytes]]:
+@dataclass(frozen=True)
+class _Row:
+    object_key: str
+    sha256: bytes
+    forms: dict[str, str]  # the form each store keeps the original in: {"primary": ..., "replica": ...}
+
+    def references(self, original: OriginalKey, store: str) -> bool:
+        """Whether this row keeps ``original``'s object in ``store``: its verbatim key (a verbatim copy
+        whose compact form is committed stays referenced until its drop), or its compact key while the
+        row says that store keeps it compact."""
+        if self.object_key != original.object_key:
+            return False
+        return original.form == VERBATIM or self.forms[store] == COMPACT
+
+
+async def _rows(runtime: Runtime, keys: Sequence[OriginalKey]) -> dict[tuple[str, str], _Row]:
     """The index rows of the keys' instances: (partition, SOP Instance UID) -> (object key, SHA-256).
 
     A lookup by primary key: the key of an original names its partition and SOP Instance UID, and only
@@ -165,14 +195,15 @@ async def _rows(runtime: Runtime, keys: Sequence[OriginalKey]) -> dict[tuple[str
     uids: dict[str, set[str]] = {}
     for original in keys:
         uids.setdefault(original.partition, set()).add(original.sop_instance_uid)
-    found: dict[tuple[str, str], tuple[str, bytes]] = {}
+    found: dict[tuple[str, str], _Row] = {}
     async with runtime.index.engine.connect() as connection:
         for partition, batch in uids.items():
             rows = await connection.execute(
-                select(Instance.sop_instance_uid, Instance.object_key, Instance.sha256)
+                select(Instance.sop_instance_uid, Instance.object_key, Instance.sha256, Instance.stored_form,
+                       Instance.replica_form)
                 .where(Instance.partition_name == partition, Instance.sop_instance_uid.in_(sorted(batch))))
-            for uid, key, sha in rows:
-                found[(partition, uid)] = (key, bytes(sha))
+            for uid, key, sha, form, replica_form in rows:
+                found[(partition, uid)] = _Row(key, bytes(sha), {PRIMARY: form, REPLICA: replica_form})
     return found
 
 
@@ -232,18 +263,22 @@ class _Sweep:
         old: list[_Candidate] = []
         for original, info in batch:
             row = rows.get((original.partition, original.sop_instance_uid))
-            if row is not None and row[0] == original.key:
+            if row is not None and row.references(original, name):
                 continue
             if info.modified is None or info.modified > self.cutoff:
                 self.report.young[name] += 1
                 continue
             old.append(_Candidate(original, info, row))
-        named = await _named_by_any_row(self.runtime, [c.original.key for c in old])
+        named = await _named_by_any_row(self.runtime, [c.original.key for c in old
+                                                       if c.original.form == VERBATIM])
         return [c for c in old if c.original.key not in named]
 
     # -- deciding --------------------------------------------------------------------------------
     async def primary(self, candidate: _Candidate) -> Orphan:
         original = candidate.original
+        if original.form == COMPACT:  # left by a compaction that did not commit: the original is
+            return await self._remove(PRIMARY, self.runtime.store, candidate,  # where its row says
+                                      "a compact copy no index row keeps")
         if candidate.row is not None:
             return await self._remove(PRIMARY, self.runtime.store, candidate,
                                       "another object is indexed as this instance")
@@ -314,7 +349,7 @@ class _Sweep:
         original = candidate.original
         # Just before: the index again (a retry may have committed it), and the object's age (a retry
         # may have stored it again and be about to commit: then it is young, and left to the next run).
-        if await self._referenced(original):
+        if await self._referenced(original, name):
             return self._orphan(name, candidate, SKIPPED, "indexed meanwhile")
         try:
             now = await store.head(original.key)
@@ -324,7 +359,7 @@ class _Sweep:
             return self._orphan(name, candidate, SKIPPED, "written again meanwhile")
         await store.delete(original.key)
         log.debug("orphan removed", extra={"store": name, "key": original.key})
-        if await self._referenced(original):
+        if await self._referenced(original, name):
             # committed between the check and the delete: its verification repairs the copy from the
             # other store, or reports it lost
             log.critical("an original was indexed while the orphan sweep removed it; verifying it",
@@ -332,9 +367,9 @@ class _Sweep:
             await self._verify_soon(original)
         return self._orphan(name, candidate, REMOVED, reason)
 
-    async def _referenced(self, original: OriginalKey) -> bool:
+    async def _referenced(self, original: OriginalKey, store: str) -> bool:
         row = (await _rows(self.runtime, [original])).get((original.partition, original.sop_instance_uid))
-        return row is not None and row[0] == original.key
+        return row is not None and row.references(original, store)
 
     async def _verify_soon(self, original: OriginalKey) -> None:
         index = self.runtime.index

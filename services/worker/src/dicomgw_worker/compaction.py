@@ -13,9 +13,9 @@ with a replica, replicated) and older than ``DICOMGW_COMPACT_AFTER_SECONDS``. Fo
    so that a read that began with the row as it was still finds them.
 
 A crash anywhere leaves either the row verbatim with its copies intact, or the row compact with the
-verbatim copies waiting for their drop. Running any step twice does no harm (a crash between writing
-the compact object and the UPDATE leaves that object unreferenced until the original is compacted
-again, which overwrites it; the orphan sweep does not list compact objects yet).
+verbatim copies waiting for their drop. Running any step twice does no harm; a compact object left
+unreferenced by a crash before the UPDATE is removed by the orphan sweep once past its grace period
+(or overwritten when the original is compacted again).
 """
 
 from __future__ import annotations
