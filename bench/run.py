@@ -13,6 +13,8 @@ Other figures (``extras``), on the clinical corpus:
 - de-identification (read, profile, write) instances per second vs STOW-RS of the same instances;
 - a research collection of them built by the embedded worker, instances per second vs STOW-RS;
 - WADO-RS frames per second with the audit trail on vs off (alternating runs).
+``compact`` (bench/compaction.py): stored bytes of real images kept compact against Orthanc's
+StorageCompression and zstd, compaction throughput per core, frame latency compact vs verbatim.
 Results are printed as Markdown tables and written to bench/results/latest.json and latest.md
 (git-ignored); the README's performance table is a copy of one run's.
 """
@@ -150,8 +152,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="clinical,index,stack,extras",
-                        help="comma-separated: clinical, index, stack, extras")
+    parser.add_argument("--only", default="clinical,index,stack,extras,compact",
+                        help="comma-separated: clinical, index, stack, extras, compact")
     parser.add_argument("--index-studies", type=int, default=1500, help="studies of 60 instances")
     args = parser.parse_args()
     wanted = set(args.only.split(","))
@@ -175,6 +177,13 @@ def main() -> int:
                                  if where == "stack" else "embedded (SQLite, local folder)")
             results[name] = result
             tables.append(f"### {name}: {result['gateway']}\n\n{versus.table(result)}")
+            print(tables[-1], flush=True)
+        if "compact" in wanted:
+            from bench import compaction
+
+            results["compact"] = compaction.run(Path(tmp) / "compact")
+            tables.append("### compact: stored originals against Orthanc's StorageCompression\n\n"
+                          + compaction.table(results["compact"]))
             print(tables[-1], flush=True)
         if "extras" in wanted:
             results["extras"] = extras(clinical.parts, Path(tmp))

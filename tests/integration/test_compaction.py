@@ -267,3 +267,38 @@ async def test_a_partitions_policy_moves_its_old_originals_to_the_cold_tier_wher
             assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
             missing = await c.patch("/admin/partitions/nowhere", json={"coldAfterSeconds": 1})
             assert missing.status_code == 404
+
+
+async def test_a_large_compact_copy_is_streamed_part_by_part_and_any_range_of_it_is_exact(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dicomgw import compact, originals
+    from dicomgw.storage.local import LocalStore
+
+    data = Path(str(get_testdata_file("emri_small.dcm"))).read_bytes()  # noqa: ASYNC240 - 10 frames
+    built = compact.compact(data)
+    assert built is not None and built.frames == 10
+    store = LocalStore(tmp_path)
+    copy = originals.Copy("originals/x.dcm", originals.COMPACT, len(data))
+    await store.put_bytes(copy.key, built.data)
+    monkeypatch.setattr(originals, "STREAM_ABOVE", 0)  # streamed, as an original over 32 MiB is
+    reads: list[int] = []
+    read_range = store.read_range
+
+    async def counted(key: str, start: int, length: int) -> bytes:
+        reads.append(length)
+        return await read_range(key, start, length)
+
+    monkeypatch.setattr(store, "read_range", counted)
+    whole = b"".join([chunk async for chunk in originals.stream(store, copy)])
+    assert whole == data
+    assert len(reads) > 10 and max(reads) < len(built.data)  # part by part, never the whole object
+    size = len(data)
+    for start, length in [(0, 10), (5, size - 5), (size // 3, 1000), (size - 1, 1), (128, None)]:
+        got = b"".join([chunk async for chunk in originals.stream(store, copy, start=start, length=length)])
+        assert got == data[start:None if length is None else start + length], (start, length)
+    # damage: the stream fails instead of ending with wrong bytes
+    damaged = bytearray(built.data)
+    damaged[-3] ^= 0xFF
+    await store.put_bytes(copy.key, bytes(damaged))
+    with pytest.raises(compact.CompactCorrupt):
+        b"".join([chunk async for chunk in originals.stream(store, copy)])

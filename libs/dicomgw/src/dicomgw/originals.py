@@ -45,6 +45,8 @@ class Copy:
 
     object_key: str
     form: str = VERBATIM
+    # the original's size, when known: a large compact copy is then streamed by ranged reads
+    size: int | None = None
 
     @property
     def key(self) -> str:
@@ -66,10 +68,45 @@ async def stream(store: ObjectStore, copy: Copy, *, start: int = 0,
         async for chunk in store.open_stream(copy.key, start=start, length=length):
             yield chunk
         return
-    original = await read(store, copy)
-    end = len(original) if length is None else min(len(original), start + length)
-    for offset in range(start, end, _CHUNK):
-        yield original[offset:min(offset + _CHUNK, end)]
+    if copy.size is None or copy.size <= STREAM_ABOVE:
+        original = await read(store, copy)
+        end = len(original) if length is None else min(len(original), start + length)
+        for offset in range(start, end, _CHUNK):
+            yield original[offset:min(offset + _CHUNK, end)]
+        return
+    async for chunk in _streamed(store, copy, start, length):
+        yield chunk
+
+
+# compact copies of originals larger than this are streamed (a chunk or frame at a time, each a
+# ranged read) rather than read whole and rebuilt in memory
+STREAM_ABOVE = 32 << 20
+
+
+async def _streamed(store: ObjectStore, copy: Copy, start: int, length: int | None) -> AsyncIterator[bytes]:
+    """A large compact copy rebuilt part by part (``compact.reconstruct_stream`` in a thread, reading
+    through the store on this loop); the SHA-256 is checked when the whole original is read."""
+    loop = asyncio.get_running_loop()
+
+    def read_range(offset: int, n: int) -> bytes:
+        return asyncio.run_coroutine_threadsafe(store.read_range(copy.key, offset, n), loop).result()
+
+    parts = compact.reconstruct_stream(read_range)
+    end = None if length is None else start + length
+    position = 0
+    try:
+        while (part := await asyncio.to_thread(next, parts, None)) is not None:
+            lo, hi = position, position + len(part)
+            position = hi
+            if hi <= start:
+                continue
+            yield part[max(0, start - lo):len(part) if end is None else max(0, min(len(part), end - lo))]
+            if end is not None and hi >= end:
+                return
+    finally:
+        close = getattr(parts, "close", None)  # a generator left early: its reads stop
+        if close is not None:
+            close()
 
 
 async def digest(store: ObjectStore, copy: Copy) -> tuple[int, bytes] | None:

@@ -78,7 +78,7 @@ class InstanceRecord:
     @property
     def copy(self) -> Copy:
         """The primary store's copy of the original."""
-        return Copy(self.object_key, self.stored_form)
+        return Copy(self.object_key, self.stored_form, self.size)
 
 
 class IndexRepository:
