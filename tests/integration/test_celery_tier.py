@@ -170,3 +170,38 @@ def test_relay_sends_due_rows_in_batches(tmp_path: Path, redis_server: RedisServ
              for raw in client.lrange("verify", 0, -1)]
     assert sorted(sizes) == [2, 4, 4]
     assert client.llen("replicate") == 10  # the repairs' queue: a message each
+
+
+def test_relay_publishes_compaction_only_while_no_integrity_work_waits(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """Verifications and replications first: compaction rows stay due while any wait or are queued."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    import redis
+
+    from dicomgw.config import Settings
+    from dicomgw.index.models import OutboxItem
+    from dicomgw.runtime import open_runtime
+    from dicomgw_worker.celery_app import make_celery
+    from dicomgw_worker.relay import relay_once
+
+    broker = redis_server.url.rsplit("/", 1)[0] + "/9"
+    client = redis.Redis.from_url(broker)
+    client.flushdb()
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.worker.broker_url = broker
+    celery = make_celery(settings)
+
+    async def go(tasks: tuple[str, ...] = ()) -> int:
+        async with open_runtime(settings) as runtime:
+            async with runtime.index.sessions.begin() as session:
+                session.add_all([OutboxItem(task=task, key=f"{task}{n}", available_at=datetime.now(UTC))
+                                 for n in range(3) for task in tasks])
+            return await relay_once(runtime, celery)
+
+    assert asyncio.run(go(("verify", "compact"))) == 3  # the verifications only
+    assert client.llen("verify") == 1 and client.llen("compact") == 0
+    assert asyncio.run(go()) == 0  # verifications still queued: compaction waits
+    client.delete("verify")  # the workers took them
+    assert asyncio.run(go()) == 3 and client.llen("compact") == 1
