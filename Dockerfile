@@ -13,6 +13,7 @@ WORKDIR /app
 COPY pyproject.toml uv.lock ./
 COPY libs ./libs
 COPY services ./services
+COPY clients ./clients
 # one environment for every service: they share all their heavy dependencies (pydicom, numpy, codecs)
 RUN uv sync --frozen --no-dev --no-editable --all-packages && rm -rf /root/.cache
 

@@ -24,7 +24,7 @@ $(UV):
 
 install: $(UV)  ## install the Python workspace into .venv
 	$(UV) sync --frozen --all-packages --group dev --compile-bytecode
-	$(UV_PROJECT_ENVIRONMENT)/bin/python -m compileall -q libs services tests bench > /dev/null
+	$(UV_PROJECT_ENVIRONMENT)/bin/python -m compileall -q libs services clients tests bench > /dev/null
 
 run: install  ## serve the embedded gateway at http://127.0.0.1:$${PORT:-8080}/dicom-web
 	$(UV_PROJECT_ENVIRONMENT)/bin/dicomgw serve
@@ -93,8 +93,9 @@ soak: install tools-minio tools-toxiproxy tools-postgres tools-redis tools-nginx
 	$(UV_PROJECT_ENVIRONMENT)/bin/dicomgw soak $${SOAK_ARGS:---seconds 300}
 
 lint: install  ## ruff and mypy
-	$(UV_PROJECT_ENVIRONMENT)/bin/ruff check libs services tests bench
+	$(UV_PROJECT_ENVIRONMENT)/bin/ruff check libs services clients tests bench
 	$(UV_PROJECT_ENVIRONMENT)/bin/mypy libs/dicomgw/src
+	$(UV_PROJECT_ENVIRONMENT)/bin/mypy --strict clients/dicomgw-client/src
 
 bench: install tools-minio tools-postgres tools-redis tools-nginx tools-orthanc tools-browser  ## every figure against Orthanc and the raw store, embedded and on the stack (bench/run.py; ~20 min)
 	$(UV_PROJECT_ENVIRONMENT)/bin/python bench/run.py $(BENCH_ARGS)

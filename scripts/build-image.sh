@@ -106,7 +106,7 @@ fi
 ignore="$DIR/containerignore"
 printf '%s\n' '**/__pycache__' '**/*.pyc' '**/*.egg-info' > "$ignore"
 inputs="$(cd "$ROOT" && { podman image inspect --format '{{.Id}}' "$BASE_IMAGE"; echo "$REPOSITORY $TAG ${targets[*]}";
-    sha256sum < "$DOCKERFILE"; find pyproject.toml uv.lock libs services -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+    sha256sum < "$DOCKERFILE"; find pyproject.toml uv.lock libs services clients -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
         ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -d' ' -f1)"
 images_stamp="$DIR/.images"
 missing=0

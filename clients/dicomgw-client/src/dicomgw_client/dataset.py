@@ -1,0 +1,366 @@
+"""A research collection as a map-style dataset: what a training loop, a PyTorch DataLoader or MONAI's
+dictionary transforms index, without this package importing torch.
+
+``CollectionDataset(url, collection)`` reads the manifest of the collection's latest complete version
+(or ``version``), keeps the rows ``where`` selects, and makes its items:
+
+- ``level="series"``: one item per regular stack of a series. The stacks are planned from the series'
+  WADO-RS metadata (one request per study, the plan then cached): frames are grouped by frame of
+  reference, orientation, size, pixel spacing, enhanced StackID, echo and temporal position, and sorted
+  along the slice normal (never by file name or InstanceNumber). A series of several stacks (localizers
+  in three planes, radial slices) gives one item per stack. A group that is not a regular volume
+  (a gap, unequal spacing, several frames at one position, frames without a position) is skipped and
+  listed in ``skipped`` with the reason: never resampled, never a silently wrong volume. The manifest
+  has no geometry flag; this planning is the client's.
+- ``level="instance"``: one item per frame (a single-frame instance is one item, a multi-frame one as
+  many as it has frames), a 2D image in display layout ``image[row, column]``.
+
+Each item is a dict: ``image`` (float32, real-world values: the rescale applied, per frame for enhanced
+objects), ``affine`` (4x4 float64, RAS millimetres of the image's array indices; for series the
+layout dcm2niix writes and nibabel reads: ``image[column, last row first, slice]``; NaN where an
+instance has no geometry) and ``meta`` (the manifest row; for a stack, the series' columns as values
+and the instance columns as lists in slice order, with ``frame``, ``stack`` and ``stacks``).
+
+Objects come through a verified cache (``cache.Cache``): fetched once with WADO-RS as stored, checked
+against the manifest's SHA-256, decoded here (pydicom with the pylibjpeg codecs). A second epoch, and a
+later run of a pinned ``version``, send no request at all; with ``version=None`` and the archive out of
+reach, the latest version cached is used.
+
+Worker processes (fork or spawn) each open their own HTTP client and thread pool on first use: the
+pickled dataset holds no connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow.parquet as pq
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+
+from dicomgw_client import volume
+from dicomgw_client.api import Archive
+from dicomgw_client.cache import Cache, sha256_hex
+from dicomgw_client.errors import ArchiveError, ArchiveUnreachable, GeometryError, IntegrityError
+
+log = logging.getLogger("dicomgw_client")
+
+Item = dict[str, Any]
+Level = Literal["series", "instance"]
+PLAN_FORMAT = "dicomgw-client stacks 1"
+# manifest columns that are the series' (values in a stack's meta); every other one is per instance
+SERIES_COLUMNS = ("patient_id", "study_instance_uid", "series_instance_uid", "modality",
+                  "body_part_examined", "series_description")
+# what planning reads of the metadata: the rest of each instance's DICOM JSON is left unparsed
+_PLAN_KEYWORDS = ("SOPInstanceUID", "Rows", "Columns", "SamplesPerPixel", "NumberOfFrames",
+                  "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                  "SpacingBetweenSlices", "FrameOfReferenceUID", "EchoNumbers", "TemporalPositionIndex",
+                  "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+_PLAN_TAGS = frozenset(f"{tag_for_keyword(k):08X}" for k in _PLAN_KEYWORDS)
+
+
+def default_cache_dir() -> Path:
+    """``$DICOMGW_CACHE_DIR``, else ``$XDG_CACHE_HOME/dicomgw``, else ``~/.cache/dicomgw``."""
+    if os.environ.get("DICOMGW_CACHE_DIR"):
+        return Path(os.environ["DICOMGW_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dicomgw"
+
+
+def select(rows: list[dict[str, Any]], where: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The rows ``where`` keeps: column -> a value (equal), a set, list or tuple (one of them), or a
+    callable (true for the value)."""
+    if not where:
+        return rows
+    known = set(rows[0]) if rows else set()
+    unknown = set(where) - known
+    if rows and unknown:
+        raise ValueError(f"no manifest column {', '.join(sorted(unknown))}; "
+                         f"columns: {', '.join(sorted(known))}")
+
+    def keeps(row: dict[str, Any]) -> bool:
+        for column, wanted in where.items():
+            value = row[column]
+            if callable(wanted):
+                if not wanted(value):
+                    return False
+            elif isinstance(wanted, set | frozenset | list | tuple):
+                if value not in wanted:
+                    return False
+            elif value != wanted:
+                return False
+        return True
+
+    return [r for r in rows if keeps(r)]
+
+
+@dataclass(frozen=True)
+class SeriesItem:
+    series_instance_uid: str
+    stack: int  # 0-based, among the series' regular stacks
+    stacks: int
+    slices: tuple[tuple[str, int], ...]  # (SOP Instance UID, 0-based frame) in slice order
+    affine: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
+class FrameItem:
+    row: int  # index into the selected manifest rows
+    frame: int  # 0-based
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Frames of a series left out at level "series", and why."""
+
+    series_instance_uid: str
+    reason: str
+    frames: int
+
+
+class CollectionDataset:
+    """A collection version's volumes or 2D frames, by index (see the module's docstring)."""
+
+    def __init__(self, url: str, collection: str, version: int | None = None, level: Level = "series",
+                 cache_dir: str | os.PathLike[str] | None = None, token: str | None = None,
+                 where: Mapping[str, Any] | None = None, transform: Callable[[Item], Any] | None = None,
+                 *, cache_max_bytes: int | None = None, concurrency: int = 8, timeout: float = 120.0,
+                 retries: int = 4) -> None:
+        if level not in ("series", "instance"):
+            raise ValueError(f'level is "series" or "instance", not {level!r}')
+        self.collection, self.level, self.transform = collection, level, transform
+        token = token if token is not None else os.environ.get("DICOMGW_TOKEN")
+        self.archive = Archive(url, token, timeout=timeout, retries=retries, connections=concurrency)
+        self.cache = Cache(Path(cache_dir) if cache_dir is not None else default_cache_dir(), cache_max_bytes)
+        self.concurrency = concurrency
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+        try:
+            self.version, manifest = self._manifest(version)
+            self.rows = select(manifest, where)
+            self._by_sop = {r["sop_instance_uid"]: r for r in self.rows}
+            self.skipped: list[Skipped] = []
+            self._items: list[SeriesItem] | list[FrameItem] = (
+                self._series_items() if level == "series" else self._frame_items())
+        finally:
+            # nothing open in what is pickled or forked: each process opens its own on first use
+            self.archive.close()
+            self._close_pool()
+        if self.skipped:
+            log.warning("%s v%d: %d groups of frames are not regular volumes and are skipped (see .skipped)",
+                        collection, self.version, len(self.skipped))
+
+    # ---- the map-style protocol --------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> Any:
+        if not -len(self._items) <= index < len(self._items):
+            raise IndexError(f"index {index} out of range for {len(self._items)} items")
+        item = self._items[index]
+        out = self._series(item) if isinstance(item, SeriesItem) else self._frame(item)
+        return self.transform(out) if self.transform is not None else out
+
+    def __iter__(self) -> Iterator[Any]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def __repr__(self) -> str:
+        return (f"CollectionDataset({self.archive.root!r}, {self.collection!r}, version={self.version}, "
+                f"level={self.level!r}: {len(self)} items, {len(self.skipped)} skipped)")
+
+    @property
+    def requests(self) -> int:
+        """Requests this process has sent to the archive for this dataset since it was made or unpickled."""
+        return self.archive.requests
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_pool=None, _pool_pid=0)
+        return state
+
+    # ---- manifest ----------------------------------------------------------------------------------
+    def _manifest_path(self, version: int) -> str:
+        archive_key = hashlib.sha256(self.archive.root.encode()).hexdigest()[:16]
+        return f"manifests/{archive_key}/{self.collection}/{version}.parquet"
+
+    def _cached_versions(self) -> list[int]:
+        folder = self.cache.root / Path(self._manifest_path(0)).parent
+        return sorted(int(p.stem) for p in folder.glob("*.parquet") if p.stem.isdigit())
+
+    def _manifest(self, version: int | None) -> tuple[int, list[dict[str, Any]]]:
+        """The version's number and manifest rows: from the cache when there (a version never changes)."""
+        if version is None:
+            try:
+                versions = self.archive.versions(self.collection)
+            except ArchiveUnreachable:
+                cached = self._cached_versions()
+                if not cached:
+                    raise
+                log.warning("%s is out of reach: version %d of %s, the latest cached, is used",
+                            self.archive.origin, cached[-1], self.collection)
+                versions = [{"version": cached[-1]}]
+            if not versions:
+                raise ArchiveError(f"the collection {self.collection} has no complete version yet")
+            version = int(versions[-1]["version"])
+        version = int(version)
+        relative = self._manifest_path(version)
+        data = self.cache.read_file(relative)
+        if data is None:
+            data = self.archive.version_file(self.collection, version, "manifest.parquet")
+            self.cache.write_file(relative, data)
+        rows: list[dict[str, Any]] = pq.read_table(io.BytesIO(data)).to_pylist()
+        return version, rows
+
+    # ---- items -------------------------------------------------------------------------------------
+    def _frame_items(self) -> list[FrameItem]:
+        return [FrameItem(i, f) for i, row in enumerate(self.rows) for f in range(max(1, int(row["frames"])))]
+
+    def _series_items(self) -> list[SeriesItem]:
+        by_series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in self.rows:
+            by_series[row["series_instance_uid"]].append(row)
+        plans: dict[str, dict[str, Any]] = {}
+        missing: dict[str, list[str]] = defaultdict(list)  # study -> series without a cached plan
+        for series, rows in by_series.items():
+            data = self.cache.read_file(self._plan_path(rows))
+            if data is not None:
+                plans[series] = json.loads(data)
+            else:
+                missing[rows[0]["study_instance_uid"]].append(series)
+        if missing:
+            studies = sorted(missing)
+            for study, metadata in zip(studies, self._pool_map(self._study_metadata, studies), strict=True):
+                for series in missing[study]:
+                    plans[series] = self._plan(by_series[series], metadata)
+                    self.cache.write_file(self._plan_path(by_series[series]),
+                                          json.dumps(plans[series]).encode())
+        items = []
+        for series in by_series:
+            plan = plans[series]
+            for n, stack in enumerate(plan["stacks"]):
+                items.append(SeriesItem(series, n, len(plan["stacks"]),
+                                        tuple((sop, int(f)) for sop, f in stack["slices"]),
+                                        tuple(tuple(r) for r in stack["affine"])))
+            for irregular in plan["irregular"]:
+                self.skipped.append(Skipped(series, irregular["reason"], len(irregular["slices"])))
+        return items
+
+    @staticmethod
+    def _plan_path(rows: list[dict[str, Any]]) -> str:
+        """Where a series' stacks are cached: named by what they were planned from (its objects' SHA-256)."""
+        key = sha256_hex("\n".join([PLAN_FORMAT, *sorted(r["sha256"] for r in rows)]).encode())
+        return f"stacks/{key[:2]}/{key}.json"
+
+    def _study_metadata(self, study: str) -> dict[str, Dataset]:
+        """The instances of a study in the collection's partition, as datasets of what planning reads."""
+        out = {}
+        for entry in self.archive.study_metadata(self.collection, study):
+            kept = {tag: value for tag, value in entry.items() if tag in _PLAN_TAGS}
+            ds = Dataset.from_json(kept, bulk_data_uri_handler=lambda tag, vr, uri: b"")
+            out[str(ds.get("SOPInstanceUID", ""))] = ds
+        return out
+
+    def _plan(self, rows: list[dict[str, Any]], metadata: dict[str, Dataset]) -> dict[str, Any]:
+        frames = []
+        for row in rows:
+            ds = metadata.get(row["sop_instance_uid"])
+            if ds is None:
+                raise ArchiveError(f"the metadata of study {row['study_instance_uid']} does not list "
+                                   f"{row['sop_instance_uid']} of the manifest")
+            frames.extend(volume.frames_of(ds))
+        stacks, irregular = volume.plan(frames)
+        return {"format": PLAN_FORMAT,
+                "stacks": [{"slices": [list(f.key) for f in s.frames], "affine": s.affine.tolist()}
+                           for s in stacks],
+                "irregular": [{"slices": [list(f.key) for f in i.frames], "reason": i.reason}
+                              for i in irregular]}
+
+    # ---- objects -----------------------------------------------------------------------------------
+    def _pool_map(self, function: Callable[[Any], Any], values: list[Any]) -> list[Any]:
+        if len(values) <= 1:
+            return [function(v) for v in values]
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="dicomgw-fetch")
+            self._pool_pid = os.getpid()
+        return list(self._pool.map(function, values))
+
+    def _close_pool(self) -> None:
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.shutdown(wait=True)
+        self._pool, self._pool_pid = None, 0
+
+    def _fetch(self, row: dict[str, Any]) -> bytes:
+        data = self.archive.instance(self.collection, row["study_instance_uid"], row["series_instance_uid"],
+                                     row["sop_instance_uid"])
+        try:
+            self.cache.put(row["sha256"], data)  # verified against the manifest's SHA-256 there
+        except IntegrityError:
+            raise IntegrityError(f"{row['path']}: the archive sent bytes whose SHA-256 is not the "
+                                 "manifest's") from None
+        return data
+
+    def objects(self, rows: list[dict[str, Any]]) -> dict[str, bytes]:
+        """The verified bytes of the rows' objects by SHA-256: from the cache, else fetched (concurrently)."""
+        out: dict[str, bytes] = {}
+        missing = []
+        for row in rows:
+            data = self.cache.get(row["sha256"])
+            if data is None:
+                missing.append(row)
+            else:
+                out[row["sha256"]] = data
+        for row, data in zip(missing, self._pool_map(self._fetch, missing), strict=True):
+            out[row["sha256"]] = data
+        return out
+
+    # ---- items' contents ---------------------------------------------------------------------------
+    def _series(self, item: SeriesItem) -> Item:
+        sops = list(dict.fromkeys(sop for sop, _ in item.slices))
+        rows = [self._by_sop[sop] for sop in sops]
+        data = self.objects(rows)
+        datasets: dict[str, Dataset] = {
+            row["sop_instance_uid"]: pydicom.dcmread(io.BytesIO(data[row["sha256"]])) for row in rows}
+        frames = {f.key: f for ds in datasets.values() for f in volume.frames_of(ds)}
+        try:
+            wanted = [frames[key] for key in item.slices]
+        except KeyError as exc:
+            raise GeometryError(f"series {item.series_instance_uid}: frame {exc} is not in its "
+                                "object") from None
+        # the objects' own geometry, not only their metadata's: the same single regular stack, or no volume
+        stacks, irregular = volume.plan(wanted)
+        if (irregular or len(stacks) != 1 or [f.key for f in stacks[0].frames] != list(item.slices)
+                or not np.allclose(stacks[0].affine, np.asarray(item.affine), atol=1e-5)):
+            raise GeometryError(f"series {item.series_instance_uid}: the objects' geometry is not the "
+                                "metadata's the stack was planned from")
+        stack = stacks[0]
+        by_sop = {row["sop_instance_uid"]: row for row in rows}
+        slice_rows = [by_sop[sop] for sop, _ in item.slices]
+        meta: dict[str, Any] = {c: rows[0][c] for c in SERIES_COLUMNS if c in rows[0]}
+        for column in rows[0]:
+            if column not in SERIES_COLUMNS:
+                meta[column] = [r[column] for r in slice_rows]
+        meta.update(frame=[f + 1 for _, f in item.slices], stack=item.stack, stacks=item.stacks)
+        return {"image": volume.assemble(stack, datasets), "affine": stack.affine, "meta": meta}
+
+    def _frame(self, item: FrameItem) -> Item:
+        row = self.rows[item.row]
+        data = self.objects([row])[row["sha256"]]
+        ds = pydicom.dcmread(io.BytesIO(data))
+        frame = volume.frames_of(ds)[item.frame]
+        meta = dict(row)
+        meta["frame"] = item.frame + 1
+        return {"image": volume.real_world(ds, item.frame), "affine": volume.frame_affine(frame),
+                "meta": meta}

@@ -1,0 +1,292 @@
+"""Geometry and pixels of DICOM images: frames, stacks in patient order, RAS affines, real-world values.
+
+Pure functions over pydicom datasets (read from a file, or from the DICOM JSON of WADO-RS metadata): no
+network, no cache. A *frame* is one 2D image (a single-frame instance, or one frame of a multi-frame
+one); a *stack* is the frames of a series that make one regular volume.
+
+Layout of a volume, the one dcm2niix writes and nibabel reads back: ``image[i, j, k]`` with ``i`` along
+the columns of the DICOM image, ``j`` along its rows from the last row to the first, ``k`` along the
+slice normal (row direction x column direction) in increasing order; ``affine @ (i, j, k, 1)`` is the
+voxel's centre in RAS millimetres (DICOM's LPS with x and y negated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut
+from pydicom.pixels.utils import pixel_array
+
+Float32Array = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
+
+# slices closer than this along the normal are at one position (mm)
+SAME_POSITION_MM = 1e-3
+# a stack is regular when every step between neighbouring slices is within this fraction of the mean
+# step (and SAME_POSITION_MM) of it: a missing slice doubles a step, a gap of 1 % is caught
+STEP_TOLERANCE = 0.01
+# orientations whose direction cosines differ by less than this are one orientation
+ORIENTATION_TOLERANCE = 1e-4
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One 2D image and where it is: the geometry DICOM gives it, per frame for enhanced objects."""
+
+    sop_instance_uid: str
+    index: int  # 0-based frame of the instance
+    rows: int
+    columns: int
+    samples: int
+    position: tuple[float, float, float] | None  # ImagePositionPatient of the first pixel (LPS mm)
+    orientation: tuple[float, float, float, float, float, float] | None  # row, then column cosines
+    pixel_spacing: tuple[float, float] | None  # between rows, between columns (mm)
+    slice_thickness: float | None
+    spacing_between_slices: float | None
+    frame_of_reference_uid: str
+    # what else tells frames at one place apart: enhanced StackID, echo, temporal position
+    acquisition: tuple[str, ...]
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.sop_instance_uid, self.index)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Frames that make one regular volume, in slice order, and its affine."""
+
+    frames: tuple[Frame, ...]
+    affine: Float64Array
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        first = self.frames[0]
+        return (first.columns, first.rows, len(self.frames))
+
+
+@dataclass(frozen=True)
+class Irregular:
+    """Frames that belong together but are not a regular volume, and why (they are never resampled)."""
+
+    frames: tuple[Frame, ...]
+    reason: str
+
+
+# ---- frames ----------------------------------------------------------------------------------------
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in (value if isinstance(value, Iterable) else [value]))
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == n and all(np.isfinite(values)) else None
+
+
+def _float(value: Any) -> float | None:
+    got = _floats(value, 1)
+    return got[0] if got else None
+
+
+def _group_value(groups: Sequence[Dataset | None], sequence: str, keyword: str) -> Any:
+    """``keyword`` of the first item of ``sequence`` in the first functional group that has it."""
+    for group in groups:
+        if group is None or sequence not in group:
+            continue
+        items = group[sequence].value
+        if items and keyword in items[0]:
+            return items[0][keyword].value
+    return None
+
+
+def _functional_groups(ds: Dataset, index: int) -> list[Dataset | None]:
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    return [per_frame[index] if per_frame is not None and index < len(per_frame) else None,
+            shared[0] if shared else None]
+
+
+def frames_of(ds: Dataset) -> list[Frame]:
+    """The frames of an instance with their geometry: per-frame functional groups first, then shared
+    ones, then the top-level attributes. A multi-frame object without per-frame positions gets none (its
+    frames cannot be placed), a single frame the instance's own."""
+    count = int(ds.get("NumberOfFrames") or 1)
+    out = []
+    for index in range(count):
+        groups = _functional_groups(ds, index)
+        position = _group_value(groups, "PlanePositionSequence", "ImagePositionPatient")
+        if position is None and count == 1:
+            position = ds.get("ImagePositionPatient")
+        orientation = (_group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient")
+                       or ds.get("ImageOrientationPatient"))
+        spacing = _group_value(groups, "PixelMeasuresSequence", "PixelSpacing") or ds.get("PixelSpacing")
+        thickness = _group_value(groups, "PixelMeasuresSequence", "SliceThickness")
+        between = _group_value(groups, "PixelMeasuresSequence", "SpacingBetweenSlices")
+        acquisition = (
+            str(_group_value(groups, "FrameContentSequence", "StackID") or ""),
+            str(ds.get("EchoNumbers", "") or ""),
+            str(_group_value(groups, "FrameContentSequence", "TemporalPositionIndex")
+                or ds.get("TemporalPositionIndex", "") or ""),
+        )
+        out.append(Frame(
+            sop_instance_uid=str(ds.get("SOPInstanceUID", "")), index=index,
+            rows=int(ds.get("Rows") or 0), columns=int(ds.get("Columns") or 0),
+            samples=int(ds.get("SamplesPerPixel") or 1),
+            position=_floats(position, 3),  # type: ignore[arg-type]
+            orientation=_floats(orientation, 6),  # type: ignore[arg-type]
+            pixel_spacing=_floats(spacing, 2),  # type: ignore[arg-type]
+            slice_thickness=_float(thickness if thickness is not None else ds.get("SliceThickness")),
+            spacing_between_slices=_float(between if between is not None
+                                          else ds.get("SpacingBetweenSlices")),
+            frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+            acquisition=acquisition,
+        ))
+    return out
+
+
+# ---- stacks ----------------------------------------------------------------------------------------
+def _cosines(frame: Frame) -> tuple[Float64Array, Float64Array, Float64Array]:
+    assert frame.orientation is not None
+    o = np.asarray(frame.orientation, dtype=np.float64)
+    row, column = o[:3] / np.linalg.norm(o[:3]), o[3:] / np.linalg.norm(o[3:])
+    normal = np.cross(row, column)
+    return row, column, normal / np.linalg.norm(normal)
+
+
+def _placeable(frame: Frame) -> bool:
+    if frame.position is None or frame.orientation is None or frame.pixel_spacing is None:
+        return False
+    o = np.asarray(frame.orientation)
+    return bool(np.linalg.norm(o[:3]) > 0.5 and np.linalg.norm(o[3:]) > 0.5
+                and np.linalg.norm(np.cross(o[:3], o[3:])) > 0.5)
+
+
+def _same_group(a: Frame, b: Frame) -> bool:
+    assert a.orientation is not None and b.orientation is not None
+    return ((a.frame_of_reference_uid, a.rows, a.columns, a.samples, a.acquisition)
+            == (b.frame_of_reference_uid, b.rows, b.columns, b.samples, b.acquisition)
+            and np.allclose(a.orientation, b.orientation, atol=ORIENTATION_TOLERANCE, rtol=0)
+            and np.allclose(a.pixel_spacing or (), b.pixel_spacing or (), atol=1e-4, rtol=0))
+
+
+def affine(frames: Sequence[Frame]) -> Float64Array:
+    """The RAS affine of frames in slice order (regular: their steps are equal), in the module's layout."""
+    first = frames[0]
+    assert first.position is not None and first.pixel_spacing is not None
+    row, column, normal = _cosines(first)
+    between_rows, between_columns = first.pixel_spacing
+    origin = np.asarray(first.position, dtype=np.float64)
+    if len(frames) > 1:
+        last = frames[-1].position
+        assert last is not None
+        step = (np.asarray(last, dtype=np.float64) - origin) / (len(frames) - 1)
+    else:
+        # one slice: its extent along the normal, as dcm2niix takes it
+        step = normal * (first.spacing_between_slices or first.slice_thickness or 1.0)
+    lps = np.eye(4)
+    lps[:3, 0] = row * between_columns
+    lps[:3, 1] = -column * between_rows  # j runs from the last row up
+    lps[:3, 2] = step
+    lps[:3, 3] = origin + column * between_rows * (first.rows - 1)
+    return LPS_TO_RAS @ lps
+
+
+def frame_affine(frame: Frame) -> Float64Array:
+    """The RAS affine of one frame in display layout, ``image[row, column]``: NaN where unknown."""
+    if not _placeable(frame):
+        return np.full((4, 4), np.nan)
+    assert frame.position is not None and frame.pixel_spacing is not None
+    row, column, normal = _cosines(frame)
+    between_rows, between_columns = frame.pixel_spacing
+    lps = np.eye(4)
+    lps[:3, 0] = column * between_rows
+    lps[:3, 1] = row * between_columns
+    lps[:3, 2] = normal * (frame.slice_thickness or frame.spacing_between_slices or 1.0)
+    lps[:3, 3] = frame.position
+    return LPS_TO_RAS @ lps
+
+
+def _check(frames: list[Frame]) -> str | None:
+    """Why frames of one orientation and size, sorted along the normal, are not a regular volume."""
+    if len(frames) < 2:
+        return None
+    _, _, normal = _cosines(frames[0])
+    positions = np.array([f.position for f in frames], dtype=np.float64)
+    steps = np.diff(positions, axis=0)
+    along = steps @ normal
+    if np.any(along < SAME_POSITION_MM):
+        return f"{int(np.sum(along < SAME_POSITION_MM)) + 1} frames at one position (several acquisitions?)"
+    mean = (positions[-1] - positions[0]) / (len(frames) - 1)
+    deviation = np.linalg.norm(steps - mean, axis=1)
+    if np.any(deviation > STEP_TOLERANCE * np.linalg.norm(mean) + SAME_POSITION_MM):
+        return (f"unequal slice spacing: steps from {along.min():.4g} to {along.max():.4g} mm "
+                "(a gap or missing slices)")
+    if float(mean @ normal) < np.linalg.norm(mean) * np.cos(np.radians(45)):
+        return "slices shifted in their plane by more than they are apart"
+    return None
+
+
+def plan(frames: Iterable[Frame]) -> tuple[list[Stack], list[Irregular]]:
+    """Frames of one series split into regular stacks (by frame of reference, orientation, size,
+    spacing, stack, echo and temporal position, each sorted along its normal), and what is irregular."""
+    groups: list[list[Frame]] = []
+    unplaceable: list[Frame] = []
+    for frame in frames:
+        if not _placeable(frame):
+            unplaceable.append(frame)
+            continue
+        for group in groups:
+            if _same_group(group[0], frame):
+                group.append(frame)
+                break
+        else:
+            groups.append([frame])
+    stacks, irregular = [], []
+    for group in groups:
+        _, _, normal = _cosines(group[0])
+        ordered = sorted(group, key=lambda f: (float(np.asarray(f.position) @ normal), f.key))
+        reason = _check(ordered)
+        if reason is None:
+            stacks.append(Stack(tuple(ordered), affine(ordered)))
+        else:
+            irregular.append(Irregular(tuple(ordered), reason))
+    if unplaceable:
+        irregular.append(Irregular(tuple(unplaceable), "no position, orientation or pixel spacing "
+                                                       "(e.g. a multi-frame object without per-frame "
+                                                       "geometry)"))
+    return stacks, irregular
+
+
+# ---- pixels ----------------------------------------------------------------------------------------
+def real_world(ds: Dataset, index: int) -> Float32Array:
+    """Frame ``index`` of ``ds`` in display layout (rows, columns[, samples]), as real-world values:
+    the rescale of the frame's Pixel Value Transformation (or the instance's Rescale Slope/Intercept,
+    or its Modality LUT) applied to grey images; colour images as they decode."""
+    raw = pixel_array(ds, index=index)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if samples != 1:
+        return raw.astype(np.float32)
+    groups = _functional_groups(ds, index)
+    slope = _float(_group_value(groups, "PixelValueTransformationSequence", "RescaleSlope"))
+    intercept = _float(_group_value(groups, "PixelValueTransformationSequence", "RescaleIntercept"))
+    if slope is None and intercept is None:
+        if "ModalityLUTSequence" in ds:
+            return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+        slope, intercept = _float(ds.get("RescaleSlope")), _float(ds.get("RescaleIntercept"))
+    values = raw.astype(np.float64) * (1.0 if slope is None else slope) + (intercept or 0.0)
+    return values.astype(np.float32)
+
+
+def assemble(stack: Stack, datasets: dict[str, Dataset]) -> Float32Array:
+    """The stack's voxels in the module's layout, (columns, rows, slices[, samples]), real-world values."""
+    slices = [real_world(datasets[f.sop_instance_uid], f.index) for f in stack.frames]
+    # display (row, column) -> (column, last row first)
+    planes = [np.swapaxes(s[::-1], 0, 1) for s in slices]
+    return np.ascontiguousarray(np.stack(planes, axis=2))
