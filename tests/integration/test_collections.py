@@ -356,7 +356,8 @@ def test_a_collection_on_the_stack_is_built_by_the_celery_tier(stack: Any, tmp_p
     created = cli("share", "create", collection, "--from", name, "--nifti", "--wait", "--quiet")
     assert created.returncode == 0, created.stderr + created.stdout
     assert "12 instances" in created.stdout
-    pulled = cli("share", "pull", collection, str(tmp_path / "pulled"), "--quiet")
+    # NIfTI volumes (and volumes.csv, which lists them) are pulled when asked for
+    pulled = cli("share", "pull", collection, str(tmp_path / "pulled"), "--nifti", "--quiet")
     assert pulled.returncode == 0, pulled.stderr
     volumes = (tmp_path / "pulled" / "volumes.csv").read_text()
     assert "56x48x12" in volumes

@@ -1,8 +1,10 @@
-"""dicomgw-client: read dicomgw research collections from a training loop.
+"""dicomgw-client: read dicomgw research collections from a training loop, or pull them to a folder.
 
 ``CollectionDataset`` is a map-style dataset of a collection version (volumes or 2D frames in real-world
 values with their RAS affine, and the manifest row); ``Cache`` the verified, shared, size-limited cache
-its objects come through. It needs no server package and never imports torch.
+its objects come through. ``dicomgw_client.pull.pull`` downloads a version into a folder, verified
+and resumable, with a manifest of the local files (the ``dicomgw-client pull`` command). It needs no
+server package and never imports torch.
 """
 
 from dicomgw_client.cache import Cache

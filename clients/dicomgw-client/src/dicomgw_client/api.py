@@ -1,4 +1,5 @@
-"""The archive's HTTP API as a collection reader uses it: versions, version files, metadata, instances.
+"""The archive's HTTP API as a collection reader or a pull uses it: versions, version files, metadata,
+instances.
 
 ``url`` is the gateway's DICOMweb root (``http://127.0.0.1:8080/dicom-web``); a collection's instances
 are DICOMweb under ``{url}/partitions/{collection}`` and its versions' files at
@@ -27,7 +28,8 @@ INSTANCE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
-def _problem(response: httpx.Response) -> str:
+def problem_text(response: httpx.Response) -> str:
+    """A refusal in one line: the status and the problem's detail (``application/problem+json``)."""
     try:
         body = response.json()
     except ValueError:
@@ -35,6 +37,11 @@ def _problem(response: httpx.Response) -> str:
     if isinstance(body, dict):
         return f"HTTP {response.status_code}: {body.get('detail') or body.get('title') or body}"
     return f"HTTP {response.status_code}"
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt + 1`` (exponential, at most 8 s)."""
+    return min(8.0, 0.25 * 2.0 ** attempt)
 
 
 def single_part(response: httpx.Response) -> bytes:
@@ -128,10 +135,10 @@ class Archive:
             else:
                 if response.status_code not in RETRY_STATUS or attempt == self.retries:
                     break
-            time.sleep(min(8.0, 0.25 * 2 ** attempt))
+            time.sleep(retry_delay(attempt))
         assert response is not None
         if response.status_code >= 400:
-            raise ArchiveError(f"{url}: {_problem(response)}")
+            raise ArchiveError(f"{url}: {problem_text(response)}")
         return response
 
     # ---- what a collection reader needs ----------------------------------------------------------
@@ -144,9 +151,16 @@ class Archive:
         versions: list[dict[str, Any]] = self.get(url, "application/json").json()["versions"]
         return versions
 
+    def version_file_url(self, collection: str, version: int, filename: str) -> str:
+        return f"{self.origin}/collections/{quote(collection, safe='')}/versions/{version}/{filename}"
+
     def version_file(self, collection: str, version: int, filename: str) -> bytes:
-        url = f"{self.origin}/collections/{quote(collection, safe='')}/versions/{version}/{filename}"
-        return self.get(url, "*/*").content
+        return self.get(self.version_file_url(collection, version, filename), "*/*").content
+
+    def instance_url(self, collection: str, study_instance_uid: str, series_instance_uid: str,
+                     sop_instance_uid: str) -> str:
+        return (f"{self.dicomweb(collection)}/studies/{study_instance_uid}/series/{series_instance_uid}"
+                f"/instances/{sop_instance_uid}")
 
     def study_metadata(self, collection: str, study_instance_uid: str) -> list[dict[str, Any]]:
         """DICOM JSON of every instance of the study in the collection's partition."""
@@ -157,6 +171,5 @@ class Archive:
     def instance(self, collection: str, study_instance_uid: str, series_instance_uid: str,
                  sop_instance_uid: str) -> bytes:
         """The instance's bytes as stored (WADO-RS, transfer-syntax=*)."""
-        url = (f"{self.dicomweb(collection)}/studies/{study_instance_uid}/series/{series_instance_uid}"
-               f"/instances/{sop_instance_uid}")
+        url = self.instance_url(collection, study_instance_uid, series_instance_uid, sop_instance_uid)
         return single_part(self.get(url, INSTANCE_ACCEPT))

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from dicomgw_client.api import problem_text
 from dicomgw_gateway.stack import StackConfig
 
 EMBEDDED_URL = "http://127.0.0.1:8080/dicom-web"
@@ -41,16 +42,6 @@ class CommandFailed(SystemExit):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"dicomgw: {message}")
-
-
-def problem_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:300]}"
-    if isinstance(body, dict):
-        return f"HTTP {response.status_code}: {body.get('detail') or body.get('title') or body}"
-    return f"HTTP {response.status_code}"
 
 
 class Gateway:

@@ -9,8 +9,9 @@
 studies of the source partition, de-identified (DICOM PS3.15 Annex E, the options named in
 ``--profile``), into a read-only partition of the collection's name, with a manifest (CSV and
 Parquet) and, with ``--nifti``, a NIfTI volume per series. ``--query`` takes QIDO-RS study-level
-parameters (empty: every study). ``pull`` (dicom.read, or dicom.read:NAME) downloads a version with
-DICOMweb, verifies every file against the manifest's SHA-256, and can be run again to resume.
+parameters (empty: every study). ``pull`` (dicom.read, or dicom.read:NAME) is the client package's
+``dicomgw-client pull`` (``dicomgw_client.cli``): a version downloaded with DICOMweb, every file
+verified against the manifest's SHA-256, resumable, with a manifest of the local files.
 Profile options: basic (always), retain-longitudinal (dates shifted per patient, intervals kept),
 retain-patient-characteristics (sex, age, size, weight...), retain-device-identity, clean-descriptors
 (study and series descriptions and protocol names kept where they name nobody).
@@ -19,27 +20,15 @@ retain-patient-characteristics (sex, age, size, weight...), retain-device-identi
 from __future__ import annotations
 
 import argparse
-import asyncio
-import hashlib
 import json
-import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dicomgw.collections import manifest
-from dicomgw_gateway.adminclient import (
-    CommandFailed,
-    Gateway,
-    add_connection_args,
-    admin_list,
-    problem_text,
-)
+from dicomgw_client import cli as pull_cli
+from dicomgw_gateway.adminclient import Gateway, add_connection_args, admin_list, default_url
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -69,12 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     listing.add_argument("--json", action="store_true")
     add_connection_args(listing)
     listing.set_defaults(func=_list)
-    pull = actions.add_parser("pull", help="download a collection version and verify every file")
-    pull.add_argument("name")
-    pull.add_argument("dest", type=Path)
-    pull.add_argument("--version", default="latest", help="a version number (default: the latest)")
-    pull.add_argument("--concurrency", type=int, default=8, help="downloads at once")
-    pull.add_argument("--quiet", action="store_true", help="no progress bar")
+    pull = actions.add_parser("pull", help=pull_cli.PULL_HELP, description=pull_cli.PULL_DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    pull_cli.add_pull_arguments(pull)
     add_connection_args(pull)
     pull.set_defaults(func=_pull)
 
@@ -144,100 +130,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- pull --------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class Puller:
-    """Downloads one collection version into ``dest``; a file already there with its SHA-256 is kept."""
-
-    def __init__(self, gateway: Gateway, name: str, dest: Path, client: httpx.AsyncClient) -> None:
-        self.gateway, self.name, self.dest, self.client = gateway, name, dest, client
-
-    async def get(self, url: str, **headers: str) -> httpx.Response:
-        for attempt in range(6):
-            try:
-                response = await self.client.get(url, headers=headers)
-            except httpx.TransportError:
-                if attempt == 5:
-                    raise
-            else:
-                if response.status_code < 500 and response.status_code != 429:
-                    break
-                if attempt == 5:
-                    break
-            await asyncio.sleep(min(10.0, 0.5 * 2 ** attempt))
-        if response.status_code >= 400:
-            raise CommandFailed(f"{url}: {problem_text(response)}")
-        return response
-
-    async def instance(self, row: manifest.ManifestRow) -> int:
-        target = self.dest / row.path
-        if target.is_file() and await asyncio.to_thread(_sha256, target) == row.sha256:
-            return 0
-        url = (f"{self.gateway.root}/partitions/{self.name}/studies/{row.study_instance_uid}"
-               f"/series/{row.series_instance_uid}/instances/{row.sop_instance_uid}")
-        # the object as stored (transfer-syntax=*): its bytes are what the manifest's SHA-256 is of
-        response = await self.get(url, accept="application/dicom; transfer-syntax=*")
-        data = response.content
-        if hashlib.sha256(data).hexdigest() != row.sha256:
-            raise CommandFailed(f"{row.path}: the downloaded bytes do not have the manifest's SHA-256")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
-        partial.write_bytes(data)
-        os.replace(partial, target)
-        return len(data)
-
-
+# ---- pull: the client's -----------------------------------------------------------------------------
 def _pull(args: argparse.Namespace) -> int:
-    return asyncio.run(_pull_async(args))
-
-
-async def _pull_async(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
-    with Gateway(args.url, args.token) as gateway:
-        headers = dict(gateway.client.headers)
-        async with httpx.AsyncClient(headers=headers, timeout=300,
-                                     limits=httpx.Limits(max_connections=args.concurrency)) as client:
-            puller = Puller(gateway, args.name, args.dest, client)
-            base = f"{gateway.origin}/collections/{args.name}/versions"
-            versions = (await puller.get(base)).json()["versions"]
-            if not versions:
-                raise CommandFailed(f"the collection {args.name} has no complete version yet")
-            chosen = versions[-1] if args.version == "latest" else next(
-                (v for v in versions if str(v["version"]) == args.version), None)
-            if chosen is None:
-                raise CommandFailed(f"the collection {args.name} has no complete version {args.version}")
-            number = chosen["version"]
-            args.dest.mkdir(parents=True, exist_ok=True)
-            for filename in chosen["files"]:
-                response = await puller.get(f"{base}/{number}/{filename}")
-                target = args.dest / filename
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(response.content)
-            rows = manifest.read(args.dest / "manifest.csv")
-            limit = asyncio.Semaphore(args.concurrency)
-            with Progress(TextColumn(f"[bold]pull {args.name} v{number}"), BarColumn(),
-                          TextColumn("{task.completed}/{task.total} instances"), DownloadColumn(),
-                          TimeRemainingColumn(), console=console, disable=args.quiet) as progress:
-                task = progress.add_task("pull", total=len(rows))
-
-                async def one(row: manifest.ManifestRow) -> None:
-                    async with limit:
-                        await puller.instance(row)
-                    progress.advance(task)
-
-                await asyncio.gather(*(one(r) for r in rows))
-    bad = await asyncio.to_thread(manifest.verify, args.dest, rows)
-    if bad:
-        print(f"{len(bad)} of {len(rows)} files do not match the manifest: {', '.join(bad[:5])}",
-              file=sys.stderr)
-        return 1
-    print(f"pulled {args.name} version {number}: {len(rows)} instances into {args.dest}, "
-          "every file verified against the manifest's SHA-256")
-    return 0
+    args.url = args.url or default_url()
+    return pull_cli.run_pull(args, prog="dicomgw")
