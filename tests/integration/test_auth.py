@@ -190,6 +190,9 @@ def test_each_route_answers_each_credential_as_the_scope_rules_say(
             body, content_type = multipart_related([instance])
             response = httpx.post(secured.gateway.root + concrete, content=body, timeout=30,
                                   headers={**headers, "Content-Type": content_type})
+        elif method == "PATCH":  # a partition's storage lifecycle: back to the deployment's setting
+            response = httpx.patch(secured.gateway.root + concrete, json={"coldAfterSeconds": None},
+                                   headers=headers, timeout=30)
         else:
             response = httpx.get(secured.gateway.root + concrete, headers=headers, timeout=30)
         if scope is None:
