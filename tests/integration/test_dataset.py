@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset
 
 from dicomgw_client import ArchiveError, Cache, CollectionDataset, IntegrityError
 from tests.dicomdata import multipart_related, to_bytes, with_fresh_sop_uid
-from tests.fixtures.gateway import Gateway, start_gateway
+from tests.fixtures.gateway import Gateway, create_key, start_gateway
 from tests.polling import wait_for
 from tests.unit.test_volume import dcm2niix_volume, oblique_series, reference_volume
 
@@ -86,12 +86,6 @@ class Built:
         return pydicom.dcmread(io.BytesIO(self.files[sop]))
 
 
-def _key(env: dict[str, str], name: str, scopes: str) -> str:
-    done = subprocess.run([str(DICOMGW), "keys", "create", name, "--scopes", scopes], env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
-
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
@@ -100,8 +94,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     try:
         env = {**os.environ, **ENV, "DATA_DIR": str(data),
                "DICOMGW_INDEX_URL": f"sqlite+aiosqlite:///{data.resolve() / 'index.sqlite3'}"}
-        admin = _key(env, "data-manager", "dicom.read,dicom.write,dicom.admin")
-        reader = _key(env, "trainer", f"dicom.read:{COLLECTION}")
+        admin = create_key(env, "data-manager", "dicom.read,dicom.write,dicom.admin")
+        reader = create_key(env, "trainer", f"dicom.read:{COLLECTION}")
         headers = {"Authorization": f"Bearer {admin}"}
         made = httpx.post(f"{gateway.root}/admin/partitions", json={"name": "source"}, headers=headers)
         assert made.status_code == 201, made.text

@@ -28,7 +28,7 @@ import pytest
 from dicomgw_client import ClientError
 from dicomgw_client.pull import STATE, PullResult, local_manifest, pull, retire_manifest
 from tests.dicomdata import make_dataset, multipart_related, to_bytes, uid
-from tests.fixtures.gateway import Gateway, start_gateway
+from tests.fixtures.gateway import Gateway, create_key, start_gateway
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -98,12 +98,6 @@ class Archive:
         return [*args, "--url", self.gateway.url, "--token", self.reader]
 
 
-def _key(env: dict[str, str], name: str, scopes: str) -> str:
-    done = subprocess.run([str(BIN / "dicomgw"), "keys", "create", name, "--scopes", scopes], env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
-
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
@@ -113,8 +107,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     try:
         env = {**os.environ, **ENV, "DATA_DIR": str(data),
                "DICOMGW_INDEX_URL": f"sqlite+aiosqlite:///{data.resolve() / 'index.sqlite3'}"}
-        archive = Archive(gateway, env, _key(env, "manager", "dicom.read,dicom.write,dicom.admin"), "")
-        archive.reader = _key(env, "researcher", f"dicom.read:{NAME}")
+        archive = Archive(gateway, env, create_key(env, "manager", "dicom.read,dicom.write,dicom.admin"), "")
+        archive.reader = create_key(env, "researcher", f"dicom.read:{NAME}")
         for patient in ("Kilo", "Lima"):
             study = uid()
             archive.stow([d for s in (1, 2) for d in mr_series(study, patient, s)])
