@@ -13,7 +13,7 @@ HELM_VERSION := v3.22.0
 HELM_DOCS_VERSION := v1.14.2
 TOXIPROXY_VERSION := v2.5.0
 
-.PHONY: help install run up down test test-unit fuzz soak lint bench clean tools-minio tools-toxiproxy tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-dcmtk tools-orthanc tools-browser
+.PHONY: help install run up down test test-unit fuzz soak lint bench clean tools-minio tools-toxiproxy tools-postgres tools-redis tools-nginx tools-prometheus tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-dcmtk tools-orthanc tools-browser tools-tesseract
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ tools-nginx:  ## install nginx (Debian package), the local router
 
 tools-orthanc:  ## install Orthanc and its DICOMweb plugin (Debian packages), the test PACS
 	bash scripts/apt-install.sh --needs Orthanc --needs /usr/share/orthanc/plugins/libOrthancDicomWeb.so --service orthanc orthanc orthanc-dicomweb
+
+tools-tesseract:  ## install Tesseract OCR and the DejaVu fonts (Debian packages): the pixel-cleaning tests' independent OCR and the text they burn in
+	bash scripts/apt-install.sh --needs tesseract --needs '/usr/share/tesseract-ocr/*/tessdata/eng.traineddata' --needs /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf --needs /usr/share/fonts/truetype/dejavu/DejaVuSansCondensed.ttf tesseract-ocr tesseract-ocr-eng fonts-dejavu-core fonts-dejavu-extra
 
 tools-rsyslog:  ## install rsyslog (Debian package), the audit syslog receiver of the tests
 	bash scripts/apt-install.sh --needs rsyslogd rsyslog
@@ -80,7 +83,7 @@ tools-keycloak:  ## install Keycloak (the OpenID provider of the login tests) fr
 tools-browser:  ## install Chromium, playwright-core and the OHIF viewer build into .tools
 	bash scripts/install-browser.sh
 
-test: install tools-minio tools-toxiproxy tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-postgres tools-redis tools-nginx tools-prometheus tools-dcmtk tools-orthanc tools-browser  ## install everything the suite needs, then run all of it
+test: install tools-minio tools-toxiproxy tools-helm tools-helm-docs tools-kube tools-image tools-keycloak tools-rsyslog tools-postgres tools-redis tools-nginx tools-prometheus tools-dcmtk tools-orthanc tools-browser tools-tesseract  ## install everything the suite needs, then run all of it
 	$(UV_PROJECT_ENVIRONMENT)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: install  ## only the fast unit tests
