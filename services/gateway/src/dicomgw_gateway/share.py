@@ -1,4 +1,4 @@
-"""``dicomgw share create|status|list|pull``: de-identified research collections, and pulling them.
+"""``dicomgw share create|status|list|review|publish|pull``: de-identified research collections.
 
     dicomgw share create mr-brain-2024 --from hospital-a \\
         --query 'ModalitiesInStudy=MR&StudyDate=20240101-20241231' \\
@@ -14,7 +14,10 @@ parameters (empty: every study). ``pull`` (dicom.read, or dicom.read:NAME) is th
 verified against the manifest's SHA-256, resumable, with a manifest of the local files.
 Profile options: basic (always), retain-longitudinal (dates shifted per patient, intervals kept),
 retain-patient-characteristics (sex, age, size, weight...), retain-device-identity, clean-descriptors
-(study and series descriptions and protocol names kept where they name nobody).
+(study and series descriptions and protocol names kept where they name nobody), clean-pixels (burned-in
+text found by OCR and device rules, redacted, and proven gone by a second OCR pass; images where text is
+still read are left out). With clean-pixels a version holds its cleaned images for review (unless
+``--no-review``): ``review`` draws them with their boxes, ``publish`` stores them (``--reject`` some).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dicomgw_client import cli as pull_cli
+from dicomgw_gateway import review
 from dicomgw_gateway.adminclient import Gateway, add_connection_args, admin_list, default_url
 
 
@@ -43,7 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "'ModalitiesInStudy=MR&StudyDate=20240101-20241231' (default: every study)")
     create.add_argument("--profile", default="basic",
                         help="basic[,retain-longitudinal][,retain-patient-characteristics]"
-                             "[,retain-device-identity][,clean-descriptors]")
+                             "[,retain-device-identity][,clean-descriptors][,clean-pixels]")
+    create.add_argument("--review", action=argparse.BooleanOptionalAction, default=None,
+                        help="hold the cleaned images for review before they are stored "
+                             "(default: with clean-pixels)")
     create.add_argument("--nifti", action="store_true", help="also a NIfTI volume per series (dcm2niix)")
     create.add_argument("--wait", action="store_true", help="show progress until the version is complete")
     create.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -58,6 +65,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     listing.add_argument("--json", action="store_true")
     add_connection_args(listing)
     listing.set_defaults(func=_list)
+    review_parser = review.add_parser(actions)
+    add_connection_args(review_parser)
+    review_parser.set_defaults(func=review.run)
+    publish = actions.add_parser("publish", help="end a version's review: store its cleaned images")
+    publish.add_argument("name")
+    publish.add_argument("--version", type=int, default=None, help="default: the latest version")
+    publish.add_argument("--reject", action="append", default=[], metavar="SOP_INSTANCE_UID",
+                         help="leave this cleaned image out (repeat for more)")
+    publish.add_argument("--wait", action="store_true", help="show progress until the version is complete")
+    publish.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_connection_args(publish)
+    publish.set_defaults(func=_publish)
     pull = actions.add_parser("pull", help=pull_cli.PULL_HELP, description=pull_cli.PULL_DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     pull_cli.add_pull_arguments(pull)
@@ -66,8 +85,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _version_line(v: dict[str, Any]) -> str:
-    total = v["pending"] + v["instances"] + v["excluded"]
+    held = v.get("review", 0)
+    total = v["pending"] + v["instances"] + v["excluded"] + held
     text = (f"version {v['version']}: {v['state']}, {v['instances']} instances, {v['excluded']} excluded"
+            + (f", {held} held for review" if held else "")
             + (f", {v['pending']} of {total} to go" if v["pending"] else ""))
     return text + (f" ({v['detail']})" if v.get("detail") else "")
 
@@ -77,7 +98,7 @@ def _create(args: argparse.Namespace) -> int:
     with Gateway(args.url, args.token) as gateway:
         described = gateway.admin("POST", "collections", json={
             "name": args.name, "source": args.source, "query": args.query, "profile": args.profile,
-            "nifti": args.nifti})
+            "nifti": args.nifti, "review": args.review})
         [version] = described["versions"]
         number = version["version"]
         print(f"collection {args.name}: building version {number} from {args.source} "
@@ -86,6 +107,10 @@ def _create(args: argparse.Namespace) -> int:
             return 0
         version = _wait(gateway, args.name, number, console, quiet=args.quiet)
         print(_version_line(version))
+        if version["state"] == "review":
+            print(f"review: dicomgw share review {args.name} --version {number}, then "
+                  f"dicomgw share publish {args.name} --version {number}")
+            return 0
         if version["state"] != "complete":
             return 1
         print(f"DICOMweb: {gateway.root}/partitions/{args.name}")
@@ -100,12 +125,27 @@ def _wait(gateway: Gateway, name: str, number: int, console: Console, *, quiet: 
         task = progress.add_task("build", total=None, state="")
         while True:
             [version] = gateway.admin("GET", f"collections/{name}")["versions"][number - 1:number]
-            total = version["pending"] + version["instances"] + version["excluded"]
+            total = version["pending"] + version["instances"] + version["excluded"] + version.get("review", 0)
             progress.update(task, total=total or None, completed=total - version["pending"],
                             state=version["state"])
-            if version["state"] in ("complete", "failed"):
+            if version["state"] in ("complete", "failed", "review"):
                 return version
             time.sleep(1)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    with Gateway(args.url, args.token) as gateway:
+        number = args.version or review.latest_version(gateway, args.name)
+        gateway.admin("POST", f"collections/{args.name}/versions/{number}/publish",
+                      json={"reject": args.reject})
+        print(f"collection {args.name}: version {number} published after review"
+              f"{f' ({len(args.reject)} rejected)' if args.reject else ''}; storing it")
+        if not args.wait:
+            return 0
+        version = _wait(gateway, args.name, number, console, quiet=args.quiet)
+        print(_version_line(version))
+        return 0 if version["state"] == "complete" else 1
 
 
 def _status(args: argparse.Namespace) -> int:

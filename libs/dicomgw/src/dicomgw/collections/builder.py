@@ -9,7 +9,12 @@ or not) and built in versions. Each version runs as outbox work, in steps of bou
 2. *build* (as many steps as needed): each pending item's original is read, checked against its
    SHA-256, de-identified (``dicomgw.deid``), and stored into the collection's partition through the
    same path as STOW-RS (one index transaction per batch; verification and replication follow as
-   for any instance). Burned-in candidates are left out and said why;
+   for any instance). Burned-in candidates are left out and said why, unless the profile has
+   ``clean-pixels``: then their burned-in text is found, redacted and proven gone
+   (``dicomgw.deid.pixels``), or they are left out with the reason. A version built for review holds
+   every image the cleaner looked at (kept de-identified next to the version's files, never in the
+   partition) until a data manager publishes it (``publish``: approved ones stored, rejected ones left
+   out), and is in state ``review`` meanwhile;
 3. *finish*: the manifest (CSV and Parquet) of every instance up to this version, the report, and the
    NIfTI volumes when asked are written next to the partition's objects; the version is complete.
 
@@ -27,11 +32,12 @@ import hashlib
 import io
 import json
 import logging
+import re
 import secrets
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +72,7 @@ PROFILE_OPTIONS = {
     "retain-patient-characteristics": "patient_characteristics",
     "retain-device-identity": "device_identity",
     "clean-descriptors": "clean_descriptors",
+    "clean-pixels": "clean_pixels",
 }
 # a build step stops after this many instances or seconds, whichever comes first, and queues the next
 STEP_INSTANCES = 64
@@ -99,20 +106,29 @@ class Definition:
     query: str
     profile: str
     nifti: bool
+    # hold the cleaned images of the version being started for review (default: with clean-pixels);
+    # not part of what the collection is, so it may differ from one version to the next
+    review: bool = False
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Definition:
         name, source = body.get("name"), body.get("source", "default")
         query, profile, nifti = body.get("query", ""), body.get("profile", "basic"), body.get("nifti", False)
+        review = body.get("review")
         if not isinstance(name, str) or not isinstance(source, str) or not isinstance(query, str) \
-                or not isinstance(profile, str) or not isinstance(nifti, bool):
+                or not isinstance(profile, str) or not isinstance(nifti, bool) \
+                or not isinstance(review, bool | None):
             raise BadRequest('send {"name": "...", "source": "default", "query": "ModalitiesInStudy=MR", '
-                             '"profile": "basic", "nifti": false}')
+                             '"profile": "basic", "nifti": false, "review": null}')
         check_name(name)
         if name == source:
             raise BadRequest("a collection cannot be built from its own partition")
         study_query(query, source)  # refuse a bad query now, not in the worker
-        return cls(name, source, query.lstrip("?"), parse_profile(profile)[0], nifti)
+        canonical, options = parse_profile(profile)
+        if review and not options.clean_pixels:
+            raise BadRequest("review holds cleaned images: it needs the clean-pixels profile option")
+        return cls(name, source, query.lstrip("?"), canonical, nifti,
+                   options.clean_pixels if review is None else review)
 
 
 def study_query(text: str, source: str, *, limit: int = 1000, offset: int = 0) -> Any:
@@ -151,7 +167,7 @@ async def define(runtime: Runtime, definition: Definition) -> dict[str, Any]:
                        f"{existing.source}, query {existing.query!r}, profile {existing.profile}, "
                        f"nifti {bool(existing.nifti)}); a collection's definition never changes")
     try:
-        version = await _next_version(runtime, definition.name)
+        version = await _next_version(runtime, definition.name, definition.review)
     except IntegrityError:
         # another request started the same version at the same moment: that one is the answer
         async with runtime.index.sessions() as session:
@@ -160,7 +176,7 @@ async def define(runtime: Runtime, definition: Definition) -> dict[str, Any]:
     return await describe(runtime, definition.name, version=version)
 
 
-async def _next_version(runtime: Runtime, name: str) -> int:
+async def _next_version(runtime: Runtime, name: str, review: bool = False) -> int:
     """The version being built, or a new one (its first step queued in the same transaction)."""
     insert = runtime.index._insert
     async with runtime.index.sessions.begin() as session:
@@ -173,7 +189,7 @@ async def _next_version(runtime: Runtime, name: str) -> int:
             return building[0].version
         version = (versions[0].version + 1) if versions else 1
         session.add(CollectionVersion(collection=name, version=version, state="planning", detail="",
-                                      instances=0, excluded=0))
+                                      instances=0, excluded=0, review=review))
         await session.execute(insert(OutboxItem).values(task=TASK, key=f"{name}/{version}/0")
                               .on_conflict_do_nothing())
     return version
@@ -192,7 +208,8 @@ async def describe(runtime: Runtime, name: str, *, version: int | None = None) -
             select(CollectionItem.version, CollectionItem.state, func.count())
             .where(CollectionItem.collection == name)
             .group_by(CollectionItem.version, CollectionItem.state))).all()
-    by_version: dict[int, dict[str, int]] = defaultdict(lambda: {"pending": 0, "done": 0, "excluded": 0})
+    by_version: dict[int, dict[str, int]] = defaultdict(
+        lambda: {"pending": 0, "done": 0, "excluded": 0, "review": 0, "approved": 0})
     for number, state, n in counts:
         by_version[number][state] = n
     out_versions = []
@@ -202,7 +219,8 @@ async def describe(runtime: Runtime, name: str, *, version: int | None = None) -
         c = by_version[v.version]
         out_versions.append({
             "version": v.version, "state": v.state, "detail": v.detail,
-            "pending": c["pending"], "instances": c["done"], "excluded": c["excluded"],
+            "pending": c["pending"] + c["approved"], "instances": c["done"], "excluded": c["excluded"],
+            "review": c["review"], "heldForReview": bool(v.review),
             "started": v.started_at.isoformat() if v.started_at else None,
             "finished": v.finished_at.isoformat() if v.finished_at else None,
         })
@@ -231,7 +249,8 @@ async def lineage(runtime: Runtime, name: str) -> list[dict[str, Any]]:
              "sourceSeriesInstanceUID": i.source_series_instance_uid,
              "sourceSOPInstanceUID": i.source_sop_instance_uid,
              "originalSHA256": bytes(i.original_sha256).hex(),
-             "SOPInstanceUID": i.sop_instance_uid, "sha256": bytes(i.sha256).hex() if i.sha256 else None}
+             "SOPInstanceUID": i.sop_instance_uid, "sha256": bytes(i.sha256).hex() if i.sha256 else None,
+             "pixels": json.loads(i.pixels_json) if i.pixels_json else None}
             for i in items]
 
 
@@ -245,14 +264,18 @@ async def step(runtime: Runtime, key: str) -> str:
         row = await session.get(CollectionVersion, (name, version))
     if collection is None or row is None:
         return "gone"
-    if row.state in ("complete", "failed"):
-        return row.state
+    if row.state in ("complete", "failed", "review"):
+        return row.state  # a version in review goes on when it is published (``publish``)
     try:
         if row.state == "planning":
             await _plan(runtime, collection, version)
             outcome = "planned"
-        elif await _build(runtime, collection, version):
+        elif await _build(runtime, collection, version, row.review):
             outcome = "progress"
+        elif held := await _count(runtime, name, version, "review"):
+            await _set_version(runtime, name, version, state="review",
+                               detail=f"{held} cleaned images wait for review (dicomgw share review {name})")
+            return "review"
         else:
             await _finish(runtime, collection, version)
             return "complete"
@@ -310,41 +333,110 @@ class _Prepared:
     part: SpooledPart | None = None
     row: manifest.ManifestRow | None = None
     excluded: str = ""
+    pixels: str = ""  # what Clean Pixel Data did (JSON), when it looked
+    held: bytes | None = None  # a cleaned file held for review, not stored yet
+
+
+def review_key(name: str, version: int, sop_instance_uid: str) -> str:
+    """Where a cleaned image waits for review (next to the version's files, never in the partition)."""
+    return artifact_key(name, version, f"review/{sop_instance_uid}.dcm")
+
+
+def _spool(blob: bytes, spool: Path, index: int) -> SpooledPart:
+    path = Path(tempfile.mkstemp(dir=spool, suffix=".deid")[1])
+    path.write_bytes(blob)
+    return SpooledPart(index=index, path=path, size=len(blob), sha256=hashlib.sha256(blob).digest(),
+                       headers={"content-type": "application/dicom"})
+
+
+def _burned_in_reason(ds: pydicom.Dataset) -> str:
+    said = str(ds.get("BurnedInAnnotation", "")).strip()
+    kind = ("a secondary capture" if str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX)
+            else f"modality {ds.get('Modality', '')}")
+    return f"BurnedInAnnotation {said}" if said else f"{kind} without BurnedInAnnotation"
+
+
+_RESIDUAL = re.compile(r"^frame (\d+): residual OCR")
+
+
+def _cleaned(ds: pydicom.Dataset, out: pydicom.Dataset) -> tuple[pydicom.Dataset | None, str, str]:
+    """Clean Pixel Data on the de-identified ``out`` (device rules by the original ``ds``'s maker):
+    the cleaned dataset, or None and why it is left out; and the record of what was done (JSON).
+
+    A reason is published (exclusions.csv): it says in which frames text was still read, never what.
+    """
+    from dicomgw.deid.pixels import Device, clean_pixels
+
+    try:
+        result = clean_pixels(out, device=Device.of(ds), check_all=True)
+    except Exception as exc:  # an engine's failure leaves the image out; it never passes unchecked
+        log.exception("clean pixel data failed")
+        return None, f"burned-in text could not be checked (the cleaner failed: {type(exc).__name__})", ""
+    record = json.dumps({"status": result.status,
+                         "boxes": {str(f): [list(b) for b in boxes] for f, boxes in result.boxes.items()},
+                         "wholeFrames": result.whole_frames, "passes": result.passes,
+                         "rules": result.rules_version}, separators=(",", ":"))
+    if result.status == "clean" and result.dataset is not None:
+        return result.dataset, "", record
+    frames = sorted({int(m.group(1)) for r in result.reasons if (m := _RESIDUAL.match(r))})
+    if frames:
+        why = ("burned-in text remains after cleaning (residual OCR still reads text in frame "
+               + ", ".join(map(str, frames[:20])) + (", ..." if len(frames) > 20 else "") + ")")
+    else:
+        why = f"burned-in text could not be checked ({'; '.join(result.reasons)[:180]})"
+    return None, why, record
 
 
 def _deidentify_file(data: bytes, secret: bytes, options: Options, spool: Path,
-                     index: int) -> tuple[SpooledPart | None, manifest.ManifestRow | None, str]:
-    """The de-identified file of one original (spooled), its manifest row, or why it is left out."""
+                     index: int, hold: bool) -> _Prepared:
+    """The de-identified file of one original (spooled, or held for review when it was cleaned), its
+    manifest row, or why it is left out. ``_Prepared.item`` is filled in by the caller."""
+    from dicomgw.deid.pixels import candidate
+
+    entry = _Prepared(item=None)  # type: ignore[arg-type]
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:
-        return None, None, f"the original could not be read: {type(exc).__name__}"
-    if burned_in_candidate(ds):
-        said = str(ds.get("BurnedInAnnotation", "")).strip()
-        kind = ("a secondary capture" if str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX)
-                else f"modality {ds.get('Modality', '')}")
-        why = f"BurnedInAnnotation {said}" if said else f"{kind} without BurnedInAnnotation"
-        return None, None, f"burned-in text possible ({why})"
+        entry.excluded = f"the original could not be read: {type(exc).__name__}"
+        return entry
+    cleaning = options.clean_pixels and "PixelData" in ds and (burned_in_candidate(ds) or candidate(ds))
+    if burned_in_candidate(ds) and not cleaning:
+        entry.excluded = f"burned-in text possible ({_burned_in_reason(ds)})"
+        return entry
     out = deidentify(ds, secret, options)
+    if cleaning:
+        cleaned, entry.excluded, entry.pixels = _cleaned(ds, out)
+        if cleaned is None:
+            return entry
+        out = cleaned
     buffer = io.BytesIO()
     out.save_as(buffer, enforce_file_format=True)
     blob = buffer.getvalue()
-    path = Path(tempfile.mkstemp(dir=spool, suffix=".deid")[1])
-    path.write_bytes(blob)
     relative = f"{out.StudyInstanceUID}/{out.SeriesInstanceUID}/{out.SOPInstanceUID}.dcm"
-    part = SpooledPart(index=index, path=path, size=len(blob), sha256=hashlib.sha256(blob).digest(),
-                       headers={"content-type": "application/dicom"})
-    return part, manifest.row_for(out, blob, relative), ""
+    entry.row = manifest.row_for(out, blob, relative)
+    if cleaning and hold:
+        entry.held = blob
+    else:
+        entry.part = _spool(blob, spool, index)
+    return entry
 
 
-async def _build(runtime: Runtime, collection: Collection, version: int) -> bool:
-    """De-identify and store a batch of pending items; False when none was pending."""
+async def _count(runtime: Runtime, name: str, version: int, state: str) -> int:
+    async with runtime.index.sessions() as session:
+        return int((await session.execute(select(func.count()).select_from(CollectionItem).where(
+            CollectionItem.collection == name, CollectionItem.version == version,
+            CollectionItem.state == state))).scalar_one())
+
+
+async def _build(runtime: Runtime, collection: Collection, version: int, review: bool = False) -> bool:
+    """De-identify and store a batch of pending items, and store the approved ones held for review;
+    False when none was left."""
     _, options = parse_profile(collection.profile)
     async with runtime.index.sessions() as session:
         items = (await session.execute(
             select(CollectionItem).where(CollectionItem.collection == collection.name,
                                          CollectionItem.version == version,
-                                         CollectionItem.state == "pending")
+                                         CollectionItem.state.in_(("pending", "approved")))
             .order_by(CollectionItem.source_sop_instance_uid).limit(STEP_INSTANCES))).scalars().all()
         if not items:
             return False
@@ -358,21 +450,33 @@ async def _build(runtime: Runtime, collection: Collection, version: int) -> bool
     # originals are read and de-identified a few at a time (reads overlap; pydicom holds the GIL)
     limit = asyncio.Semaphore(max(2, min(8, runtime.settings.storage.max_concurrency)))
 
+    async def approved(index: int, item: CollectionItem) -> _Prepared:
+        """A cleaned image a data manager approved: stored as it was reviewed, byte for byte."""
+        assert item.sop_instance_uid is not None and item.sha256 is not None
+        blob = await runtime.store.read(review_key(collection.name, version, item.sop_instance_uid))
+        if hashlib.sha256(blob).digest() != bytes(item.sha256):
+            raise RuntimeError(f"a reviewed image does not match its SHA-256 ({item.sop_instance_uid})")
+        return _Prepared(item, part=await asyncio.to_thread(_spool, blob, spool, index),
+                         row=manifest.ManifestRow(**json.loads(item.row_json)), pixels=item.pixels_json)
+
     async def prepare(index: int, item: CollectionItem) -> _Prepared | None:
         async with limit:
             if index and time.monotonic() > deadline:
                 return None  # left pending for the next step
-            entry = _Prepared(item)
+            if item.state == "approved":
+                return await approved(index, item)
             source = sources.get(item.source_sop_instance_uid)
             if source is None:
-                entry.excluded = "the original is no longer indexed"
-                return entry
+                return _Prepared(item, excluded="the original is no longer indexed")
             data = await originals.read(runtime.store, Copy(source.object_key, source.stored_form))
             if hashlib.sha256(data).digest() != bytes(item.original_sha256):
                 # never publish from a damaged copy: verification repairs it, and the step runs again
                 raise RuntimeError(f"an original does not match its SHA-256 ({source.object_key})")
-            entry.part, entry.row, entry.excluded = await asyncio.to_thread(
-                _deidentify_file, data, secret, options, spool, index)
+            entry = await asyncio.to_thread(_deidentify_file, data, secret, options, spool, index, review)
+            entry.item = item
+            if entry.held is not None and entry.row is not None:
+                await runtime.store.put_bytes(
+                    review_key(collection.name, version, entry.row.sop_instance_uid), entry.held)
             return entry
 
     outcomes = await asyncio.gather(*(prepare(i, item) for i, item in enumerate(items)),
@@ -396,27 +500,98 @@ async def _build(runtime: Runtime, collection: Collection, version: int) -> bool
         for entry in prepared:
             values: dict[str, Any]
             result = results.get(entry.part.index) if entry.part is not None else None
-            if entry.part is None or result is None:
+            if entry.held is not None and entry.row is not None:
+                values = {"state": "review", "reason": ""}
+            elif entry.part is None or result is None:
                 values = {"state": "excluded", "reason": entry.excluded[:256]}
             elif result.error is not None:
                 values = {"state": "excluded",
                           "reason": f"the de-identified object was refused: {result.error.detail}"[:256]}
             else:
-                assert entry.row is not None
-                values = {"state": "done", "reason": "",
-                          "study_instance_uid": entry.row.study_instance_uid,
-                          "series_instance_uid": entry.row.series_instance_uid,
-                          "sop_instance_uid": entry.row.sop_instance_uid,
-                          "sha256": bytes.fromhex(entry.row.sha256),
-                          "row_json": json.dumps(asdict(entry.row), separators=(",", ":"))}
+                values = {"state": "done", "reason": ""}
+            if entry.row is not None and values["state"] != "excluded":
+                values.update(study_instance_uid=entry.row.study_instance_uid,
+                              series_instance_uid=entry.row.series_instance_uid,
+                              sop_instance_uid=entry.row.sop_instance_uid,
+                              sha256=bytes.fromhex(entry.row.sha256),
+                              row_json=json.dumps(asdict(entry.row), separators=(",", ":")))
+            values["pixels_json"] = entry.pixels
             await session.execute(update(CollectionItem).where(
                 CollectionItem.collection == collection.name,
                 CollectionItem.source_sop_instance_uid == entry.item.source_sop_instance_uid,
-                CollectionItem.state == "pending").values(**values))
+                CollectionItem.state == entry.item.state).values(**values))
     done = sum(1 for e in prepared if e.part is not None)
-    log.info("collection step", extra={"collection": collection.name, "version": version,
-                                       "instances": done, "excluded": len(prepared) - done})
+    held = sum(1 for e in prepared if e.held is not None)
+    log.info("collection step", extra={"collection": collection.name, "version": version, "instances": done,
+                                       "held": held, "excluded": len(prepared) - done - held})
     return True
+
+
+async def cleaned(runtime: Runtime, name: str, version: int) -> list[dict[str, Any]]:
+    """The images of a version the cleaner looked at and passed (the review list), with their boxes."""
+    async with runtime.index.sessions() as session:
+        if await session.get(CollectionVersion, (name, version)) is None:
+            raise NotFound(f"the collection {name} has no version {version}")
+        items = (await session.execute(
+            select(CollectionItem).where(CollectionItem.collection == name, CollectionItem.version == version,
+                                         CollectionItem.pixels_json != "",
+                                         CollectionItem.state.in_(("review", "approved", "done")))
+            .order_by(CollectionItem.sop_instance_uid))).scalars().all()
+    out = []
+    for i in items:
+        pixels, row = json.loads(i.pixels_json), json.loads(i.row_json)
+        out.append({"SOPInstanceUID": i.sop_instance_uid, "StudyInstanceUID": i.study_instance_uid,
+                    "SeriesInstanceUID": i.series_instance_uid, "state": i.state,
+                    "modality": row.get("modality", ""), "rows": row.get("rows"),
+                    "columns": row.get("columns"), "frames": row.get("frames"), "boxes": pixels["boxes"],
+                    "wholeFrames": pixels["wholeFrames"], "passes": pixels["passes"],
+                    "rules": pixels["rules"]})
+    return out
+
+
+async def cleaned_file(runtime: Runtime, name: str, version: int, sop_instance_uid: str) -> bytes:
+    """A cleaned image as it is (or will be) published: held for review, or from the partition."""
+    async with runtime.index.sessions() as session:
+        item = (await session.execute(select(CollectionItem).where(
+            CollectionItem.collection == name, CollectionItem.version == version,
+            CollectionItem.sop_instance_uid == sop_instance_uid,
+            CollectionItem.pixels_json != ""))).scalars().first()
+    if item is None or item.state not in ("review", "approved", "done"):
+        raise NotFound(f"version {version} of {name} has no cleaned image {sop_instance_uid}")
+    if item.state != "done":
+        return await runtime.store.read(review_key(name, version, sop_instance_uid))
+    assert item.study_instance_uid is not None and item.series_instance_uid is not None
+    records = await runtime.index.instances(item.study_instance_uid, item.series_instance_uid, partition=name)
+    [record] = [r for r in records if r.sop_instance_uid == sop_instance_uid]
+    return await originals.read(runtime.store, record.copy)
+
+
+async def publish(runtime: Runtime, name: str, version: int, reject: list[str]) -> dict[str, Any]:
+    """A data manager's decision on a version in review: the rejected images are left out ("rejected in
+    review"), every other one held is stored, and the version is finished."""
+    async with runtime.index.sessions.begin() as session:
+        row = await session.get(CollectionVersion, (name, version), with_for_update=True)
+        if row is None:
+            raise NotFound(f"the collection {name} has no version {version}")
+        if row.state != "review":
+            raise Conflict(f"version {version} of {name} is {row.state}, not in review")
+        held = set((await session.execute(select(CollectionItem.sop_instance_uid).where(
+            CollectionItem.collection == name, CollectionItem.version == version,
+            CollectionItem.state == "review"))).scalars().all())
+        unknown = sorted(set(reject) - held)
+        if unknown:
+            raise BadRequest(f"not held for review in version {version} of {name}: {', '.join(unknown[:5])}")
+        base = (CollectionItem.collection == name, CollectionItem.version == version,
+                CollectionItem.state == "review")
+        if reject:
+            await session.execute(update(CollectionItem).where(
+                *base, CollectionItem.sop_instance_uid.in_(reject)).values(
+                state="excluded", reason="rejected in review"))
+        await session.execute(update(CollectionItem).where(*base).values(state="approved"))
+        row.state, row.detail = "building", f"published after review ({len(reject)} rejected)"
+        await session.execute(runtime.index._insert(OutboxItem).values(
+            task=TASK, key=f"{name}/{version}/{int(time.time() * 1000)}").on_conflict_do_nothing())
+    return await describe(runtime, name, version=version)
 
 
 async def _finish(runtime: Runtime, collection: Collection, version: int) -> None:
@@ -448,8 +623,10 @@ async def _finish(runtime: Runtime, collection: Collection, version: int) -> Non
               "query": collection.query, "profile": collection.profile,
               "instances": len(rows), "excluded": len(excluded), "excludedBy": dict(reasons),
               "studies": len({r.study_instance_uid for r in rows}),
-              "series": len({r.series_instance_uid for r in rows}),
-              "files": sorted(files), "completed": datetime.now(UTC).isoformat()}
+              "series": len({r.series_instance_uid for r in rows})}
+    if parse_profile(collection.profile)[1].clean_pixels:
+        report["cleanPixelData"], files["redactions.csv"] = _redactions(items)
+    report.update(files=sorted(files), completed=datetime.now(UTC).isoformat())
     files["report.json"] = json.dumps(report, indent=2).encode()
     # the replica gets them too: what a research team was handed should survive the primary's loss
     # like the instances it lists (they are replicated as any instance is)
@@ -458,9 +635,48 @@ async def _finish(runtime: Runtime, collection: Collection, version: int) -> Non
         for store in stores:
             await store.put_bytes(artifact_key(collection.name, version, filename), data)
     new = [i for i in items if i.version == version]
+    for i in new:  # what was held for review is in the partition now, or left out
+        if i.pixels_json and i.sop_instance_uid:
+            await runtime.store.delete(review_key(collection.name, version, i.sop_instance_uid))
     await _set_version(runtime, collection.name, version, state="complete", finished_at=datetime.now(UTC),
                        instances=sum(i.state == "done" for i in new),
                        excluded=sum(i.state == "excluded" for i in new), detail="")
+
+
+def _redactions(items: Sequence[CollectionItem]) -> tuple[dict[str, Any], bytes]:
+    """The report's Clean Pixel Data counts, and ``redactions.csv``: every box filled in a published
+    image (so that a model can be told which pixels are not the patient's), by its published UID."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["sop_instance_uid", "version", "frame", "row0", "col0", "row1", "col1", "whole_frame"])
+    counts = Counter[str]()
+    rules: set[str] = set()
+    for i in sorted(items, key=lambda i: (i.version, i.sop_instance_uid or "")):
+        if not i.pixels_json:
+            continue
+        pixels = json.loads(i.pixels_json)
+        rules.add(pixels["rules"])
+        counts["checked"] += 1
+        if i.state != "done":
+            counts["rejectedInReview" if i.reason == "rejected in review" else "excluded"] += 1
+            continue
+        whole = set(pixels["wholeFrames"])
+        if pixels["boxes"] or whole:
+            counts["cleaned"] += 1
+        else:
+            counts["noTextFound"] += 1
+        for frame in sorted(whole):
+            writer.writerow([i.sop_instance_uid, i.version, frame, "", "", "", "", "yes"])
+        for frame, boxes in sorted(pixels["boxes"].items(), key=lambda fb: int(fb[0])):
+            if int(frame) in whole:
+                continue
+            for box in boxes:
+                counts["boxes"] += 1
+                writer.writerow([i.sop_instance_uid, i.version, frame, *box, ""])
+    keys = ("checked", "cleaned", "noTextFound", "boxes", "excluded", "rejectedInReview")
+    summary: dict[str, Any] = {key: counts[key] for key in keys}
+    summary["rules"] = sorted(rules)
+    return summary, out.getvalue().encode()
 
 
 async def _volumes(runtime: Runtime, name: str, rows: list[manifest.ManifestRow],

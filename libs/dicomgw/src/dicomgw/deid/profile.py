@@ -24,6 +24,8 @@ RETAINED = frozenset({
     "RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
     "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData",
     "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
+    "SegmentedRedPaletteColorLookupTableData", "SegmentedGreenPaletteColorLookupTableData",
+    "SegmentedBluePaletteColorLookupTableData",
     "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod",
     "BurnedInAnnotation", "RecognizableVisualFeatures",
     # geometry
@@ -83,6 +85,9 @@ class Options:
     longitudinal_modified_dates: bool = False
     # study and series descriptions and protocol names kept where they name nobody (else removed)
     clean_descriptors: bool = False
+    # burned-in text found in the pixels and redacted (dicomgw.deid.pixels); the code 113101 is added
+    # by the cleaning to the instances it cleaned, not by the profile to every instance
+    clean_pixels: bool = False
 
     def chosen(self) -> list[str]:
         return ["basic", *(name for name in ("patient_characteristics", "device_identity",

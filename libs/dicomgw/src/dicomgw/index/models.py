@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -291,9 +292,11 @@ class CollectionVersion(Base):
 
     collection: Mapped[str] = mapped_column(PARTITION, primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
-    # building | complete | failed
+    # planning | building | review | complete | failed
     state: Mapped[str] = mapped_column(String(16), default="building")
     detail: Mapped[str] = mapped_column(Text, default="")
+    # cleaned images (burned-in text redacted) wait for a data manager's review before they are stored
+    review: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # counts of the version's own new items, once complete
     instances: Mapped[int] = mapped_column(Integer, default=0)
     excluded: Mapped[int] = mapped_column(Integer, default=0)
@@ -317,7 +320,7 @@ class CollectionItem(Base):
     source_study_instance_uid: Mapped[str] = mapped_column(UID)
     source_series_instance_uid: Mapped[str] = mapped_column(UID)
     original_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
-    # pending | done | excluded
+    # pending | review (cleaned, held for review) | approved (to be stored) | done | excluded
     state: Mapped[str] = mapped_column(String(16), default="pending")
     reason: Mapped[str] = mapped_column(String(256), default="")
     study_instance_uid: Mapped[str | None] = mapped_column(UID)
@@ -326,5 +329,8 @@ class CollectionItem(Base):
     sha256: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     # the manifest row (JSON) of the de-identified instance
     row_json: Mapped[str] = mapped_column(Text, default="")
+    # what Clean Pixel Data did (JSON: status, boxes per frame, whole frames, passes, rules version);
+    # empty when the pixels were not looked at
+    pixels_json: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     __table_args__ = (Index("ix_collection_items_state", "collection", "state"),)

@@ -2,7 +2,11 @@
 
 Admin (dicom.admin): ``POST /admin/collections`` defines a collection or starts its next version,
 ``GET /admin/collections[/{name}]`` reports progress, ``GET /admin/collections/{name}/lineage`` says which
-original each instance came from. Readers of the collection's partition (``dicom.read`` or
+original each instance came from. With Clean Pixel Data, ``GET
+/admin/collections/{name}/versions/{n}/cleaned`` lists the images the cleaner passed with their redaction
+boxes, ``.../cleaned/{SOPInstanceUID}`` is such an image (held for review, or as published), and ``POST
+/admin/collections/{name}/versions/{n}/publish`` ``{"reject": [SOPInstanceUID...]}`` ends a review: the
+rejected images are left out, the others stored. Readers of the collection's partition (``dicom.read`` or
 ``dicom.read:{name}``) list its complete versions at ``GET /collections/{name}/versions`` and fetch
 ``/collections/{name}/versions/{n|latest}/{manifest.csv, manifest.parquet, report.json,
 exclusions.csv, volumes.csv, nifti/...}``; the instances themselves are DICOMweb at
@@ -15,11 +19,11 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dicomgw.auth import ADMIN, READ
 from dicomgw.collections import builder
-from dicomgw.errors import NotFound
+from dicomgw.errors import BadRequest, NotFound
 from dicomgw.storage import ObjectNotFound
 from dicomgw.web.admin import json_body
 from dicomgw.web.deps import RuntimeDep
@@ -28,7 +32,7 @@ from dicomgw.web.security import partition_of, requires
 router = APIRouter(include_in_schema=False)
 
 _FILE = re.compile(r"^(manifest\.csv|manifest\.parquet|report\.json|exclusions\.csv|volumes\.csv|"
-                   r"nifti/[0-9.]+\.(nii\.gz|json))$")
+                   r"redactions\.csv|nifti/[0-9.]+\.(nii\.gz|json))$")
 MEDIA = {".csv": "text/csv; charset=utf-8", ".parquet": "application/vnd.apache.parquet",
          ".json": "application/json", ".gz": "application/gzip"}
 
@@ -56,6 +60,30 @@ async def describe_collection(name: str, runtime: RuntimeDep) -> dict[str, Any]:
 async def collection_lineage(name: str, runtime: RuntimeDep) -> dict[str, Any]:
     """Each instance's original (UIDs and SHA-256): never part of what a collection shares."""
     return {"collection": name, "items": await builder.lineage(runtime, name)}
+
+
+@router.get("/admin/collections/{name}/versions/{version}/cleaned", dependencies=[requires(ADMIN)])
+async def collection_cleaned(name: str, version: int, runtime: RuntimeDep) -> dict[str, Any]:
+    """The images Clean Pixel Data passed in a version, with the boxes redacted in each frame."""
+    return {"collection": name, "version": version, "images": await builder.cleaned(runtime, name, version)}
+
+
+@router.get("/admin/collections/{name}/versions/{version}/cleaned/{sop_instance_uid}",
+            dependencies=[requires(ADMIN)])
+async def collection_cleaned_file(name: str, version: int, sop_instance_uid: str,
+                                  runtime: RuntimeDep) -> Response:
+    data = await builder.cleaned_file(runtime, name, version, sop_instance_uid)
+    return Response(data, media_type="application/dicom")
+
+
+@router.post("/admin/collections/{name}/versions/{version}/publish", dependencies=[requires(ADMIN)])
+async def collection_publish(name: str, version: int, request: Request, runtime: RuntimeDep) -> JSONResponse:
+    """End a version's review: ``{"reject": [...]}`` left out, every other image held is stored."""
+    body = await json_body(request)
+    reject = body.get("reject", [])
+    if not isinstance(reject, list) or not all(isinstance(u, str) for u in reject):
+        raise BadRequest('send {"reject": ["<SOP Instance UID>", ...]} (an empty list approves all)')
+    return JSONResponse(await builder.publish(runtime, name, version, reject), status_code=202)
 
 
 def _collection(request: Request) -> str:
