@@ -29,6 +29,9 @@ class StorageSettings(BaseSettings):
     create_bucket: bool = True
     # bounded pool of concurrent PUTs per request
     max_concurrency: int = 8
+    # s3 backend: the storage class objects are written with (e.g. STANDARD_IA, GLACIER_IR on AWS,
+    # REDUCED_REDUNDANCY on MinIO: its own parity for that class); empty: the bucket's default
+    storage_class: str | None = None
 
 
 class ReplicaSettings(StorageSettings):

@@ -22,6 +22,8 @@ In the primary store an orphan is
 - **kept**, and reported, when its partition is unknown to the index: not ours to judge.
 
 In the replica store an orphan is removed: the replica only ever holds copies of indexed originals.
+In the cold tier, a copy is referenced only by a row whose original is in the cold tier in that form;
+any other (a move to the cold tier that did not commit, for an original that stayed hot) is removed.
 
 Just before removing, the index and the object's modification time are checked again (a retry of the
 same instance may have stored it again and be about to commit); just after, the index is checked once
@@ -72,7 +74,7 @@ LIMIT = 10_000
 # who the audit trail names for an original the sweep indexed
 WHO = "orphan-sweep"
 
-PRIMARY, REPLICA = "primary", "replica"
+PRIMARY, REPLICA, COLD = "primary", "replica", "cold"
 INDEXED, REMOVED, KEPT, SKIPPED = "indexed", "removed", "kept", "skipped"
 
 
@@ -120,7 +122,7 @@ def parse_original_key(key: str) -> OriginalKey | None:
 class Orphan:
     """One orphan and what became of it (in a dry run: what would have)."""
 
-    store: str  # primary | replica
+    store: str  # primary | replica | cold
     key: str
     size: int
     modified: datetime
@@ -176,13 +178,17 @@ class _Row:
     object_key: str
     sha256: bytes
     forms: dict[str, str]  # the form each store keeps the original in: {"primary": ..., "replica": ...}
+    tier: str = "hot"  # where the primary copy is: hot, or cold (the cold tier holds it)
 
     def references(self, original: OriginalKey, store: str) -> bool:
         """Whether this row keeps ``original``'s object in ``store``: its verbatim key (a verbatim copy
         whose compact form is committed stays referenced until its drop), or its compact key while the
-        row says that store keeps it compact."""
+        row says that store keeps it compact. The cold tier holds the primary copy of a cold row, in
+        the form the row says, and nothing else."""
         if self.object_key != original.object_key:
             return False
+        if store == COLD:
+            return self.tier == "cold" and (original.form == COMPACT) == (self.forms[PRIMARY] == COMPACT)
         return original.form == VERBATIM or self.forms[store] == COMPACT
 
 
@@ -200,10 +206,10 @@ async def _rows(runtime: Runtime, keys: Sequence[OriginalKey]) -> dict[tuple[str
         for partition, batch in uids.items():
             rows = await connection.execute(
                 select(Instance.sop_instance_uid, Instance.object_key, Instance.sha256, Instance.stored_form,
-                       Instance.replica_form)
+                       Instance.replica_form, Instance.tier)
                 .where(Instance.partition_name == partition, Instance.sop_instance_uid.in_(sorted(batch))))
-            for uid, key, sha, form, replica_form in rows:
-                found[(partition, uid)] = _Row(key, bytes(sha), {PRIMARY: form, REPLICA: replica_form})
+            for uid, key, sha, form, replica_form, tier in rows:
+                found[(partition, uid)] = _Row(key, bytes(sha), {PRIMARY: form, REPLICA: replica_form}, tier)
     return found
 
 
@@ -269,8 +275,11 @@ class _Sweep:
                 self.report.young[name] += 1
                 continue
             old.append(_Candidate(original, info, row))
-        named = await _named_by_any_row(self.runtime, [c.original.key for c in old
-                                                       if c.original.form == VERBATIM])
+        # (a row of its own instance that names this very key was judged above: in the cold tier a
+        # verbatim copy of an original kept compact there is a leftover, whatever the key says)
+        named = await _named_by_any_row(self.runtime, [
+            c.original.key for c in old if c.original.form == VERBATIM
+            and (c.row is None or c.row.object_key != c.original.object_key)])
         return [c for c in old if c.original.key not in named]
 
     # -- deciding --------------------------------------------------------------------------------
@@ -318,6 +327,13 @@ class _Sweep:
             return self._orphan(REPLICA, candidate, KEPT, "the index knows no such partition")
         return await self._remove(REPLICA, self.runtime.replica, candidate,
                                   "a copy of no indexed original")
+
+    async def cold(self, candidate: _Candidate) -> Orphan:
+        assert self.runtime.cold is not None
+        if await self.runtime.partitions.get(candidate.original.partition) is None:
+            return self._orphan(COLD, candidate, KEPT, "the index knows no such partition")
+        return await self._remove(COLD, self.runtime.cold, candidate,
+                                  "a cold copy of no original kept in the cold tier")
 
     # -- acting ----------------------------------------------------------------------------------
     def _orphan(self, store: str, candidate: _Candidate, action: str, reason: str) -> Orphan:
@@ -400,7 +416,7 @@ class _Sweep:
 
 async def sweep_orphans(runtime: Runtime, *, grace_seconds: float | None = None, dry_run: bool = False,
                         limit: int = LIMIT, now: datetime | None = None) -> OrphanReport:
-    """Find the orphans of the primary store, then of the replica, and index or remove them.
+    """Find the orphans of the primary store, then of the replica and the cold tier; index or remove them.
 
     ``grace_seconds`` defaults to the worker setting; ``dry_run`` decides without changing anything;
     after ``limit`` orphans indexed or removed the sweep stops (the report says it is not complete)
@@ -415,11 +431,13 @@ async def sweep_orphans(runtime: Runtime, *, grace_seconds: float | None = None,
     stores: list[tuple[str, ObjectStore]] = [(PRIMARY, runtime.store)]
     if runtime.replica is not None:
         stores.append((REPLICA, runtime.replica))
+    if runtime.cold is not None:
+        stores.append((COLD, runtime.cold))
     done = 0  # indexed or removed (in a dry run: would be)
     try:
         for name, store in stores:
             report.listed[name] = report.young[name] = 0
-            decide = sweep.primary if name == PRIMARY else sweep.replica
+            decide = {PRIMARY: sweep.primary, REPLICA: sweep.replica, COLD: sweep.cold}[name]
             async with contextlib.aclosing(sweep.candidates(name, store)) as batches:
                 async for batch in batches:
                     for candidate in batch:

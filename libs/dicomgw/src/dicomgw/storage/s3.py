@@ -52,12 +52,15 @@ def _as_store_error(exc: Exception) -> Exception:
 class S3Store:
     """Objects in one bucket; keys are used as they are."""
 
-    def __init__(self, client: Any, bucket: str, stack: AsyncExitStack, max_concurrency: int = 8) -> None:
+    def __init__(self, client: Any, bucket: str, stack: AsyncExitStack, max_concurrency: int = 8,
+                 storage_class: str | None = None) -> None:
         self._client = client
         self.bucket = bucket
         self._stack = stack
         # PUTs at once in put_files
         self.max_concurrency = max_concurrency
+        # the S3 storage class every object is written with (a cold tier's cheaper one); None: the bucket's
+        self._class: dict[str, Any] = {"StorageClass": storage_class} if storage_class else {}
 
     @classmethod
     async def open(cls, settings: StorageSettings) -> S3Store:
@@ -72,7 +75,7 @@ class S3Store:
             aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key,
             config=config,
         ))
-        store = cls(client, settings.bucket, stack, settings.max_concurrency)
+        store = cls(client, settings.bucket, stack, settings.max_concurrency, settings.storage_class)
         if settings.create_bucket:
             await store._ensure_bucket()
         return store
@@ -113,7 +116,7 @@ class S3Store:
             if len(data) != size:
                 raise StorageUnavailable("size mismatch writing an object")
             await self._call("put_object", Bucket=self.bucket, Key=key, Body=data,
-                             ChecksumSHA256=_b64(sha256), ContentType="application/dicom")
+                             ChecksumSHA256=_b64(sha256), ContentType="application/dicom", **self._class)
             return
         await self._multipart(key, Path(path), sha256, size)
 
@@ -133,7 +136,7 @@ class S3Store:
 
     async def _multipart(self, key: str, path: Path, sha256: bytes, size: int) -> None:
         upload = await self._call("create_multipart_upload", Bucket=self.bucket, Key=key,
-                                  ChecksumAlgorithm="SHA256", ContentType="application/dicom")
+                                  ChecksumAlgorithm="SHA256", ContentType="application/dicom", **self._class)
         upload_id = upload["UploadId"]
         try:
             parts = []
@@ -165,7 +168,7 @@ class S3Store:
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await self._call("put_object", Bucket=self.bucket, Key=key, Body=data,
-                         ChecksumSHA256=_b64(hashlib.sha256(data).digest()))
+                         ChecksumSHA256=_b64(hashlib.sha256(data).digest()), **self._class)
 
     # -- reading ---------------------------------------------------------------------------------
     async def open_stream(
