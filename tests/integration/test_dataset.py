@@ -66,6 +66,42 @@ def real_files() -> list[bytes]:
     return [*(p.read_bytes() for p in paths), ct_small, with_fresh_sop_uid(ct_small)]
 
 
+class Slice:
+    """One frame of an instance as a single slice: its geometry and rescale, and its pixels."""
+
+    def __init__(self, values: dict[str, Any], pixels: np.ndarray) -> None:
+        self.__dict__.update(values)
+        self.pixel_array = pixels
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.__dict__.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.__dict__
+
+
+def frame_slice(ds: Dataset, frame: int) -> Dataset | Slice:
+    """Frame ``frame`` (1-based) of ``ds``; an enhanced object's with the geometry and rescale of its
+    functional groups (per frame, then shared), read here independently of the client."""
+    if int(ds.get("NumberOfFrames") or 1) == 1:
+        return ds
+    groups = [ds.PerFrameFunctionalGroupsSequence[frame - 1] if "PerFrameFunctionalGroupsSequence" in ds
+              else Dataset(),
+              ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()]
+
+    def value(sequence: str, keyword: str, default: Any = None) -> Any:
+        for group in groups:
+            if sequence in group and keyword in group[sequence][0]:
+                return group[sequence][0][keyword].value
+        return ds.get(keyword, default)
+
+    values = {"ImagePositionPatient": value("PlanePositionSequence", "ImagePositionPatient"),
+              "ImageOrientationPatient": value("PlaneOrientationSequence", "ImageOrientationPatient"),
+              "RescaleSlope": value("PixelValueTransformationSequence", "RescaleSlope", 1),
+              "RescaleIntercept": value("PixelValueTransformationSequence", "RescaleIntercept", 0)}
+    return Slice({k: v for k, v in values.items() if v is not None}, ds.pixel_array[frame - 1])
+
+
 @dataclass
 class Built:
     gateway: Gateway
@@ -136,29 +172,31 @@ def test_every_series_volume_is_the_independent_one_and_dcm2niix_s(built: Built,
     dataset = built.dataset(tmp_path)
     assert dataset.version == built.version and len(built.rows) == 39
     series = {r["series_instance_uid"] for r in built.rows}
-    # 19 regular stacks: CT5N, 7 radial slices, 3 + 3 + 1 localizers, MR_small, the two JPEG 2000 images,
-    # the oblique MR; left out: the gap, CT_small twice at one place, the two enhanced objects (the
-    # de-identified copy keeps no functional groups, so their frames have no position)
-    assert len(dataset) == 19, dataset.skipped
+    # 20 regular stacks: CT5N, 7 radial slices, 3 + 3 + 1 localizers, MR_small, the two JPEG 2000 images,
+    # the oblique MR, the enhanced CT (its frames placed by the functional groups the de-identified copy
+    # keeps); left out: the gap, CT_small twice at one place, the enhanced MR (its file has no geometry)
+    assert len(dataset) == 20, dataset.skipped
     reasons = sorted(s.reason.split(":")[0].split(" (")[0] for s in dataset.skipped)
     assert reasons == ["2 frames at one position", "no position, orientation or pixel spacing",
-                       "no position, orientation or pixel spacing", "unequal slice spacing"], reasons
+                       "unequal slice spacing"], reasons
     assert {item["meta"]["series_instance_uid"] for item in dataset} | {
         s.series_instance_uid for s in dataset.skipped} == series
     compared = 0
     for item in dataset:
         image, affine, meta = item["image"], item["affine"], item["meta"]
-        datasets = [built.parsed(sop) for sop in meta["sop_instance_uid"]]
+        datasets = [frame_slice(built.parsed(sop), frame)
+                    for sop, frame in zip(meta["sop_instance_uid"], meta["frame"], strict=True)]
         assert image.dtype == np.float32 and affine.shape == (4, 4)
         np.testing.assert_array_equal(image, reference_volume(datasets).astype(np.float32))
         assert meta["modality"] in ("CT", "MR") and meta["patient_id"].startswith("P-")
         assert len(meta["path"]) == image.shape[2] == len(meta["frame"])
-        voxels, reference = dcm2niix_volume([built.files[sop] for sop in meta["sop_instance_uid"]])
+        files = [built.files[sop] for sop in dict.fromkeys(meta["sop_instance_uid"])]  # an enhanced one once
+        voxels, reference = dcm2niix_volume(files)
         assert voxels.shape == image.shape
         np.testing.assert_allclose(image, voxels, atol=1e-3)
         np.testing.assert_allclose(affine, reference, atol=1e-4)
         compared += 1
-    assert compared == 19
+    assert compared == 20
 
 
 def test_every_2d_item_is_the_file_s_pixels_in_real_world_values(built: Built, tmp_path: Path) -> None:
@@ -166,11 +204,8 @@ def test_every_2d_item_is_the_file_s_pixels_in_real_world_values(built: Built, t
     assert len(dataset) == sum(r["frames"] for r in built.rows) == 39 - 2 + 10 + 2
     for item in dataset:
         meta = item["meta"]
-        ds = built.parsed(meta["sop_instance_uid"])
-        pixels = ds.pixel_array
-        if int(ds.get("NumberOfFrames") or 1) > 1:
-            pixels = pixels[meta["frame"] - 1]
-        expected = pixels * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+        ds = frame_slice(built.parsed(meta["sop_instance_uid"]), meta["frame"])
+        expected = ds.pixel_array * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
         np.testing.assert_array_equal(item["image"], expected.astype(np.float32))
         if "ImagePositionPatient" in ds:
             position = np.asarray(ds.ImagePositionPatient, dtype=float)

@@ -7,6 +7,7 @@ included.
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
@@ -129,3 +130,35 @@ def test_clean_descriptors_keep_only_what_the_option_column_allows(
             if deidcheck.matches(row["id"], tag) and row["basicProfile"] == "X":
                 assert tag in cleanable, f"{row['name']} survived without being cleanable"
                 assert not {w for w in str(value).lower().split()} & name_words, row["name"]
+
+
+def test_enhanced_objects_keep_the_geometry_of_their_functional_groups_and_nothing_else(
+        table: list[dict[str, str]]) -> None:
+    """An enhanced CT keeps, per frame and shared, the macros that place and read its frames (position,
+    orientation, pixel measures, rescale, window, frame content without its dates) and loses the rest
+    (anatomy, irradiation event UIDs, frame dates and times), checked against Table E.1-1 as well."""
+    path = Path(__import__("data_store").__file__).parent / "data" / "eCT_Supplemental.dcm"
+    original = pydicom.dcmread(path)
+    out = deidentify(original, KEY)
+    assert_deidentified(original, out, table)
+    shared, frames = out.SharedFunctionalGroupsSequence[0], out.PerFrameFunctionalGroupsSequence
+    assert sorted(e.keyword for e in shared) == [
+        "FrameVOILUTSequence", "PixelMeasuresSequence", "PixelValueTransformationSequence",
+        "PlaneOrientationSequence"]
+    assert shared.PixelValueTransformationSequence[0].RescaleIntercept == \
+        original.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleIntercept
+    assert len(frames) == len(original.PerFrameFunctionalGroupsSequence) == 2
+    for kept, was in zip(frames, original.PerFrameFunctionalGroupsSequence, strict=True):
+        position = was.PlanePositionSequence[0].ImagePositionPatient
+        assert kept.PlanePositionSequence[0].ImagePositionPatient == position
+        assert kept.FrameContentSequence[0].InStackPositionNumber == \
+            was.FrameContentSequence[0].InStackPositionNumber
+    # what was there to remove: anatomy, and the irradiation event's UID (Table E.1-1)
+    for macro in ("IrradiationEventIdentificationSequence", "FrameAnatomySequence"):
+        assert macro in original.SharedFunctionalGroupsSequence[0] and macro not in shared
+    # a frame's date and time, where a file has them, are removed with every attribute not listed
+    dated = copy.deepcopy(original)
+    content = dated.PerFrameFunctionalGroupsSequence[0].FrameContentSequence[0]
+    content.FrameAcquisitionDateTime = "20240315101500"
+    kept = deidentify(dated, KEY).PerFrameFunctionalGroupsSequence[0].FrameContentSequence[0]
+    assert "FrameAcquisitionDateTime" not in kept and kept.StackID == content.StackID

@@ -43,6 +43,20 @@ RETAINED = frozenset({
     "InversionTime", "FlipAngle", "EchoTrainLength", "ScanningSequence", "SequenceVariant",
     "MRAcquisitionType", "ImagingFrequency", "EchoNumbers",
 })
+# Enhanced objects (multi-frame CT, MR, PET...) keep each frame's geometry and value transform in
+# functional group macros (PS3.3 C.7.6.16): the macros needed to place and read the frames, and in each
+# only these attributes (none is in Table E.1-1). Every other macro (frame dates and times, comments,
+# referenced and derivation images, anatomy, private groups) is removed, as at the top level.
+FUNCTIONAL_GROUPS = {
+    "PixelMeasuresSequence": frozenset({"PixelSpacing", "SliceThickness", "SpacingBetweenSlices"}),
+    "PlanePositionSequence": frozenset({"ImagePositionPatient"}),
+    "PlaneOrientationSequence": frozenset({"ImageOrientationPatient"}),
+    "PixelValueTransformationSequence": frozenset({"RescaleIntercept", "RescaleSlope", "RescaleType"}),
+    "FrameVOILUTSequence": frozenset({"WindowCenter", "WindowWidth", "VOILUTFunction"}),
+    "FrameContentSequence": frozenset({"StackID", "InStackPositionNumber", "TemporalPositionIndex",
+                                       "FrameAcquisitionNumber", "DimensionIndexValues"}),
+}
+FUNCTIONAL_GROUP_SEQUENCES = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
 # Retain Patient Characteristics Option (PS3.15 E.3.6)
 PATIENT_CHARACTERISTICS = frozenset({"PatientSex", "PatientAge", "PatientSize", "PatientWeight",
                                      "EthnicGroup", "PregnancyStatus", "SmokingStatus"})
@@ -154,6 +168,27 @@ def burned_in_candidate(ds: Dataset) -> bool:
             or str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX))
 
 
+def _functional_groups(items: Sequence) -> Sequence:
+    """The functional group items with only the macros and attributes of ``FUNCTIONAL_GROUPS``."""
+    out = Sequence()
+    for item in items:
+        kept = Dataset()
+        for macro, allowed in FUNCTIONAL_GROUPS.items():
+            value = item.get(macro)
+            if not value:
+                continue
+            inner = Sequence()
+            for macro_item in value:
+                filtered = Dataset()
+                for element in macro_item:
+                    if element.keyword in allowed and not element.tag.is_private:
+                        filtered.add(element)
+                inner.append(filtered)
+            setattr(kept, macro, inner)
+        out.append(kept)
+    return out
+
+
 def deidentify(ds: Dataset, key: bytes, options: Options = Options()) -> Dataset:
     """A new de-identified dataset (``ds`` is left as it was), with its own file meta information."""
     keep = set(RETAINED)
@@ -165,6 +200,9 @@ def deidentify(ds: Dataset, key: bytes, options: Options = Options()) -> Dataset
     for element in ds:
         if element.keyword in keep and not element.tag.is_private:
             out.add(element)
+    for keyword in FUNCTIONAL_GROUP_SEQUENCES:
+        if ds.get(keyword):
+            setattr(out, keyword, _functional_groups(ds[keyword].value))
     patient = str(ds.get("PatientID", "")) or str(ds.get("PatientName", ""))
     for keyword in UIDS:
         value = ds.get(keyword)
