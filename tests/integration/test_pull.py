@@ -154,6 +154,9 @@ def test_a_pull_verifies_every_file_and_writes_a_manifest_of_the_local_files(arc
     for volume in volumes:
         assert gzip.decompress((dest / volume["path"]).read_bytes())[:4] == (348).to_bytes(4, "little")
         assert (dest / volume["sidecar"]).read_bytes() == archive.published(1, volume["sidecar"])
+        # each verified against the SHA-256 volumes.csv lists for it
+        assert hashlib.sha256((dest / volume["path"]).read_bytes()).hexdigest() == volume["sha256"]
+        assert hashlib.sha256((dest / volume["sidecar"]).read_bytes()).hexdigest() == volume["sidecar_sha256"]
     assert (dest / "report.json").read_bytes() == archive.published(1, "report.json")
     # nothing half-written anywhere, and nothing but what the manifests list
     assert not list((dest / STATE).glob("tmp/*"))
@@ -266,11 +269,12 @@ def test_version_1_pulled_after_version_2_is_the_same_bytes(archive: Archive, tm
     after = archive.pull(tmp_path / "v1-after", nifti=True)
     assert after.version == 1 and after.manifest_sha256 == before.manifest_sha256
     assert _files(tmp_path / "v1-after") == _files(tmp_path / "v1-before")
-    # the folder of version 1 brought to version 2 fetches the new instances (and the volumes, which
-    # version 2 made again) and nothing else
+    # the folder of version 1 brought to version 2 fetches the new instances and the new series'
+    # volume, and nothing else: the 4 volumes (and sidecars) version 2 made again came out the same
+    # bytes, which volumes.csv's SHA-256 shows
     latest = archive.pull(tmp_path / "v1-before", version=None, nifti=True)
-    assert (latest.version, latest.instances, latest.present) == (2, 86, 80)
-    assert latest.fetched == 6 + latest.volumes
+    assert (latest.version, latest.instances, latest.present) == (2, 86, 80 + 4 * 2)
+    assert latest.fetched == 6 + latest.volumes - 4 * 2 == 6 + 2
     assert len(pq.read_table(tmp_path / "v1-before" / "manifest.parquet")) == 86
     # and any published version is there to pull; one that is not, is said
     with pytest.raises(ClientError, match=r"no complete version 3 \(complete: 1, 2\)"):

@@ -97,7 +97,7 @@ class Target:
     path: str  # local, relative to dest
     url: str
     accept: str
-    sha256: str | None  # the manifest's; None for a NIfTI file
+    sha256: str | None  # the manifest's (volumes.csv's for a NIfTI file); None when not listed
     volume_key: VolumeKey | None = None
 
 
@@ -419,14 +419,16 @@ def _volume_targets(archive: Archive, collection: str, chosen: Mapping[str, Any]
     number = int(chosen["version"])
     targets = []
     for entry in csv.DictReader(io.StringIO(listing.decode("utf-8"))):
-        for filename in (entry.get("path", ""), entry.get("sidecar", "")):
+        for filename, sha256 in ((entry.get("path", ""), entry.get("sha256")),
+                                 (entry.get("sidecar", ""), entry.get("sidecar_sha256"))):
             if not filename:
                 continue  # a series dcm2niix could not convert (its error is in volumes.csv)
             if filename not in chosen["files"]:
                 raise ArchiveError(f"volumes.csv of version {number} lists {filename}, which the version "
                                    "does not publish")
             targets.append(Target(_checked_path(filename, "volumes.csv"),
-                                  archive.version_file_url(collection, number, filename), "*/*", None,
+                                  archive.version_file_url(collection, number, filename), "*/*",
+                                  sha256 or None,  # listed since volumes.csv has SHA-256 columns
                                   (archive.root, collection, number, filename)))
     return targets
 

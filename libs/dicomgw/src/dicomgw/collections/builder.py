@@ -690,7 +690,9 @@ async def _volumes(runtime: Runtime, name: str, rows: list[manifest.ManifestRow]
     files: dict[str, bytes] = {}
     listing = io.StringIO()
     writer = csv.writer(listing)
-    writer.writerow(["series_instance_uid", "path", "sidecar", "shape", "spacing", "error"])
+    # the SHA-256 of each file, so that a pull verifies a volume as it verifies an instance
+    writer.writerow(["series_instance_uid", "path", "sidecar", "shape", "spacing", "error", "sha256",
+                     "sidecar_sha256"])
     for series, members in sorted(by_series.items()):
         folder = tmp / "series" / series
         folder.mkdir(parents=True, exist_ok=True)
@@ -701,13 +703,14 @@ async def _volumes(runtime: Runtime, name: str, rows: list[manifest.ManifestRow]
         try:
             volume = await asyncio.to_thread(series_to_nifti, folder, tmp / "nifti", series)
         except ConversionFailed as exc:
-            writer.writerow([series, "", "", "", "", str(exc)[:200]])
+            writer.writerow([series, "", "", "", "", str(exc)[:200], "", ""])
             continue
         path, sidecar = f"nifti/{series}.nii.gz", f"nifti/{series}.json"
         files[path] = volume.path.read_bytes()
         files[sidecar] = volume.sidecar.read_bytes() if volume.sidecar.exists() else b"{}"
         writer.writerow([series, path, sidecar, "x".join(map(str, volume.shape)),
-                         "x".join(map(str, volume.spacing)), ""])
+                         "x".join(map(str, volume.spacing)), "", hashlib.sha256(files[path]).hexdigest(),
+                         hashlib.sha256(files[sidecar]).hexdigest()])
     files["volumes.csv"] = listing.getvalue().encode()
     return files
 
