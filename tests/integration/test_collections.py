@@ -231,6 +231,45 @@ def test_another_collection_key_gives_other_pseudonyms(archive: Archive, mr_2024
     assert not {r["patient_id"] for r in other} & {r["patient_id"] for r in first}
 
 
+def test_the_client_package_has_the_same_share_and_upload(archive: Archive, mr_2024: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """`dicomgw-client share` and `dicomgw-client upload`, what a workstation with only the client
+    package runs: the server's `dicomgw share` and `dicomgw upload` are these commands."""
+    client = str(DICOMGW.parent / "dicomgw-client")
+    env = {k: v for k, v in archive.env.items() if k not in ("DICOMGW_URL", "DICOMGW_TOKEN")}
+
+    def run(*args: str, **more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([client, *args], env={**env, **more}, capture_output=True, text=True,
+                              timeout=300)
+
+    status = run("share", "status", "mr-2024", "--url", archive.gateway.url, "--token", archive.admin)
+    assert status.returncode == 0, status.stderr
+    assert f"collection mr-2024 from default: {QUERY}" in status.stdout
+    assert "  version 1: complete, 300 instances, 0 excluded" in status.stdout.splitlines()
+    assert status.stdout == archive.cli("share", "status", "mr-2024").stdout
+    missing = run("share", "status", "no-such-collection", "--url", archive.gateway.url,
+                  "--token", archive.admin)
+    assert missing.returncode == 1 and missing.stderr.startswith("dicomgw-client: HTTP 404"), missing.stderr
+
+    assert archive.cli("partitions", "create", "workstation").returncode == 0
+    study = uid()
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    for i, data in enumerate(mr_volume(study, "Kilo", "20240909", 1, slices=4)):
+        (folder / f"{i}.dcm").write_bytes(data)
+    root = f"{archive.gateway.url}/partitions/workstation"
+    refused = run("upload", str(folder), "--url", root, "--quiet")
+    assert refused.returncode == 1 and "failed: 4 x HTTP 401" in refused.stdout, refused.stdout
+    done = run("upload", str(folder), DICOMGW_URL=root, DICOMGW_TOKEN=archive.admin)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("stored 4, already present 0, failed 0 (4 DICOM file(s)"), done.stdout
+    assert "upload  4/4 instances" in done.stderr  # the progress line (a line per tenth, not a terminal)
+    found = archive.get(f"{root}/instances", params={"StudyInstanceUID": study}).json()
+    assert len(found) == 4
+    again = run("upload", str(folder), "--url", root, "--token", archive.admin, "--quiet")
+    assert again.stdout.startswith("stored 0, already present 4, failed 0"), again.stdout
+
+
 @pytest.fixture(scope="module")
 def real_world(archive: Archive) -> dict[str, Any]:
     """pydicom's and deid-data's files in a partition of their own, and a collection of all of it."""

@@ -231,18 +231,30 @@ def test_without_a_credential_the_archive_refuses(built: Built, tmp_path: Path) 
 
 
 def test_the_client_needs_nothing_of_the_server_nor_torch() -> None:
-    """A training node installs the client alone: its dependencies and what importing it loads."""
+    """A training node or a workstation installs the client alone: its dependencies, and what importing
+    it loads, its commands (upload, share, pull) included."""
     import tomllib
 
     project = tomllib.loads((REPO / "clients" / "dicomgw-client" / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=\[ ]", d)[0] for d in project["dependencies"]}
     assert names == {"httpx", "numpy", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
-                     "pylibjpeg-rle", "pyarrow"}
-    code = ("import sys, dicomgw_client, dicomgw_client.dataset, dicomgw_client.volume\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'dicomgw', 'fastapi', "
-            "'sqlalchemy', 'celery', 'starlette', 'nibabel', 'monai'}))")
+                     "pylibjpeg-rle", "pyarrow", "pillow"}
+    modules = ["dicomgw_client", "dicomgw_client.dataset", "dicomgw_client.volume", "dicomgw_client.cli",
+               "dicomgw_client.pull", "dicomgw_client.upload", "dicomgw_client.share",
+               "dicomgw_client.review", "dicomgw_client.admin"]
+    code = (f"import contextlib, sys, {', '.join(modules)}\n"
+            "with contextlib.suppress(SystemExit):\n"  # the commands' parsers built (--help exits)
+            "    dicomgw_client.cli.main(['share', 'review', '--help'])\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'dicomgw', 'dicomgw_gateway', "
+            "'dicomgw_ingest', 'dicomgw_query', 'dicomgw_retrieve', 'dicomgw_worker', 'dicomgw_dimse', "
+            "'fastapi', 'sqlalchemy', 'celery', 'starlette', 'nibabel', 'monai', 'imagecodecs'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+    # and no module of the package imports one of the server's, nor rich (httpx imports rich where it
+    # is installed, as it is here: what the package itself imports is read from its source)
+    for source in (REPO / "clients" / "dicomgw-client" / "src" / "dicomgw_client").glob("*.py"):
+        imports = re.findall(r"^\s*(?:from|import)\s+([\w.]+)", source.read_text(), re.M)
+        assert not {i.split(".")[0] for i in imports} & {"dicomgw", "dicomgw_gateway", "rich"}, source
 
 
 # ---- several processes -------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""The ``dicomgw-client`` command, what a research workstation runs: ``dicomgw-client pull NAME DEST``.
+"""The ``dicomgw-client`` command, what a research workstation runs: ``dicomgw-client pull NAME DEST``,
+``dicomgw-client upload FOLDER``, ``dicomgw-client share create|status|list|review|publish|pull``.
 
-The server's ``dicomgw share pull`` is the same command: it takes its arguments and its run from here.
+The server's ``dicomgw share ...`` and ``dicomgw upload`` are the same commands: they take their
+arguments and their runs from here (``dicomgw_client.share``, ``dicomgw_client.upload``).
 """
 
 from __future__ import annotations
@@ -85,11 +87,17 @@ def run_pull(args: argparse.Namespace, prog: str = "dicomgw-client") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dicomgw-client", description=__doc__)
+    from dicomgw_client import share, upload  # they use this module's connection arguments
+
+    parser = argparse.ArgumentParser(prog="dicomgw-client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     pull_parser = commands.add_parser("pull", help=PULL_HELP, description=PULL_DESCRIPTION,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pull_arguments(pull_parser)
     add_connection_arguments(pull_parser)
+    pull_parser.set_defaults(func=run_pull)
+    upload.add_parser(commands)
+    share.add_parser(commands)
     args = parser.parse_args(argv)
-    return run_pull(args)
+    return int(args.func(args))

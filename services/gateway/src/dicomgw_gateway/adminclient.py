@@ -1,4 +1,5 @@
-"""The admin REST client of the commands that act on a running gateway (partitions, share).
+"""The connection of the commands that act on a running gateway (partitions, share): the client's admin
+API (``dicomgw_client.admin``) with the server's default URL.
 
 They work the same against `make run`, `make up` and a cluster: ``--url`` is the DICOMweb root
 (``$DICOMGW_URL``; else the `make up` stack running from this folder; else the embedded gateway's
@@ -9,17 +10,13 @@ lives at the root of the same origin: ``{scheme}://{host}/admin/...``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
-
-from dicomgw_client.api import problem_text
+from dicomgw_client import admin as client_admin
+from dicomgw_client.cli import EMBEDDED_URL
+from dicomgw_client.errors import ClientError
 from dicomgw_gateway.stack import StackConfig
-
-EMBEDDED_URL = "http://127.0.0.1:8080/dicom-web"
 
 
 def default_url() -> str:
@@ -44,40 +41,24 @@ class CommandFailed(SystemExit):
         super().__init__(f"dicomgw: {message}")
 
 
-class Gateway:
-    """One gateway's DICOMweb root and admin API, with the caller's credential."""
+class Gateway(client_admin.Gateway):
+    """The client's admin API (``dicomgw_client.admin``) at ``url``, else at ``default_url()``; a refusal
+    ends the command (CommandFailed)."""
 
     def __init__(self, url: str | None, token: str | None, *, timeout: float = 60) -> None:
-        self.root = (url or default_url()).rstrip("/")
-        parts = urlsplit(self.root)
-        self.origin = f"{parts.scheme}://{parts.netloc}"
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.Client(headers=headers, timeout=timeout)
-
-    def __enter__(self) -> Gateway:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.close()
+        try:
+            super().__init__(url or default_url(), token, timeout=timeout)
+        except ClientError as exc:
+            raise CommandFailed(str(exc)) from None
 
     def admin(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Call ``/admin/{path}``; the JSON answer, or CommandFailed with the problem's detail."""
-        url = f"{self.origin}/admin/{path.lstrip('/')}"
         try:
-            response = self.client.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            raise CommandFailed(f"cannot reach {url}: {exc}") from None
-        if response.status_code >= 400:
-            raise CommandFailed(problem_text(response))
-        return response.json() if response.content else None
+            return super().admin(method, path, **kwargs)
+        except ClientError as exc:
+            raise CommandFailed(str(exc)) from None
 
 
 def admin_list(args: argparse.Namespace, path: str) -> list[dict[str, Any]] | None:
-    """The list ``GET /admin/{path}`` answers (under the key ``path``), for a ``list`` command: with
-    ``--json`` it is printed as it came and None is returned."""
+    """The list ``GET /admin/{path}`` answers, for a ``list`` command (printed as it came with --json)."""
     with Gateway(args.url, args.token) as gateway:
-        items: list[dict[str, Any]] = gateway.admin("GET", path)[path]
-    if args.json:
-        print(json.dumps(items, indent=2))
-        return None
-    return items
+        return client_admin.admin_list(gateway, path, as_json=args.json)

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from dicomgw.config import Settings
-from dicomgw_gateway import audit, keys, pacs, partitions, share, smoke, soak, storage_report, upload
+from dicomgw_client import upload
+from dicomgw_gateway import audit, keys, pacs, partitions, share, smoke, soak, storage_report
 from dicomgw_gateway.stack import main as stack_main
 
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=None,
                        help="HTTP processes (default: $DICOMGW_HTTP_WORKERS, or one per CPU core)")
     serve.set_defaults(func=_serve)
-    upload.add_parser(sub)
+    upload.add_parser(sub, prog="dicomgw")  # the client's upload, with the client's --url/--token
     smoke.add_parser(sub)
     pacs.add_parser(sub)
     keys.add_parser(sub)

@@ -1,4 +1,4 @@
-"""``dicomgw share review NAME``: the images Clean Pixel Data passed, drawn with their redaction boxes.
+"""``share review NAME``: the images Clean Pixel Data passed, drawn with their redaction boxes.
 
 For a research data manager checking a version before it is published (or after): each cleaned image
 is fetched as it will be published (the admin API serves the held copy), its frames with boxes are
@@ -20,17 +20,22 @@ from typing import Any
 import numpy as np
 import pydicom
 from PIL import Image, ImageDraw
+from pydicom.dataset import Dataset
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.processing import apply_color_lut, convert_color_space
+from pydicom.uid import UID
 
-from dicomgw_gateway.adminclient import Gateway
+from dicomgw_client.admin import Gateway
+from dicomgw_client.errors import ClientError
 
 THUMBNAIL = 512  # longer side, pixels
 OUTLINE = (255, 40, 40)
 WHOLE = (255, 160, 0)
+HELP = "the cleaned images of a version, with their redaction boxes"
 
 
-def add_parser(actions: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    review = actions.add_parser("review", help="the cleaned images of a version, with their redaction boxes",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_review_arguments(review: argparse.ArgumentParser) -> None:
+    """The arguments of a review, but the connection's (``--url``, ``--token``)."""
     review.add_argument("name")
     review.add_argument("--version", type=int, default=None, help="default: the latest version")
     review.add_argument("--out", type=Path, default=None,
@@ -39,25 +44,60 @@ def add_parser(actions: argparse._SubParsersAction) -> argparse.ArgumentParser: 
     review.add_argument("--seed", type=int, default=0, help="the sample's seed")
     review.add_argument("--frames", type=int, default=4, help="at most this many frames drawn per image")
     review.add_argument("--json", action="store_true", help="list the images and boxes as JSON, no drawing")
-    return review
 
 
 def latest_version(gateway: Gateway, name: str) -> int:
     versions = gateway.admin("GET", f"collections/{name}")["versions"]
     if not versions:
-        raise SystemExit(f"dicomgw: the collection {name} has no version yet")
+        raise ClientError(f"the collection {name} has no version yet")
     return int(versions[-1]["version"])
 
 
-def frame_image(data: bytes, frame: int) -> np.ndarray:
-    """One frame of a DICOM file as the cleaner's reader sees it (8-bit grey or RGB)."""
-    from dicomgw.deid.pixels import codecs
-    from dicomgw.deid.pixels.views import palette_table, view
+# ---- a frame as the cleaner's reader sees it ----------------------------------------------------------
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """``array`` stretched linearly from its minimum to its maximum onto 0..255."""
+    if array.dtype == np.uint8:
+        return array
+    data = array.astype(np.float64)
+    low, high = float(data.min()), float(data.max())
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return np.rint((data - low) * (255.0 / (high - low))).astype(np.uint8)
 
-    ds = pydicom.dcmread(io.BytesIO(data))
-    decoded = codecs.decode(ds)
-    table = palette_table(ds) if decoded.indices else None
-    return view(decoded.values[frame], decoded.photometric, table)
+
+def colour_uint8(frame: np.ndarray) -> np.ndarray:
+    """RGB samples of any width as 8-bit RGB (scaled from zero: colour keeps its balance)."""
+    if frame.dtype == np.uint8:
+        return frame
+    high = float(frame.max())
+    if high <= 0:
+        return np.zeros(frame.shape, dtype=np.uint8)
+    return np.rint(frame.astype(np.float64) * (255.0 / high)).astype(np.uint8)
+
+
+def render(ds: Dataset, frame: int) -> np.ndarray:
+    """One frame of ``ds`` in 8 bits, grey or RGB rows x columns x 3: grey stretched from its minimum
+    to its maximum (MONOCHROME1 inverted, as it displays), palette colour through its lookup table, YBR
+    as RGB. pydicom's decoders (the pylibjpeg plugins) give the stored values."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        raise ClientError("no transfer syntax in the file meta information")
+    try:
+        values, info = get_decoder(UID(str(meta.TransferSyntaxUID))).as_array(ds, index=frame)
+    except Exception as exc:  # any decoder's failure, said in one line
+        raise ClientError(f"pixel data could not be decoded: {type(exc).__name__}: {exc}") from exc
+    photometric = str(info.get("photometric_interpretation", ds.get("PhotometricInterpretation", "")))
+    if photometric == "PALETTE COLOR":
+        colours = apply_color_lut(values, ds)
+        if int(colours.max(initial=0)) > 255:  # 16-bit entries
+            colours = colours >> 8
+        return colours.astype(np.uint8)
+    if values.ndim == 2:
+        grey = to_uint8(values)
+        return 255 - grey if photometric == "MONOCHROME1" else grey
+    if photometric.startswith("YBR"):
+        values = convert_color_space(values, "YBR_FULL", "RGB")
+    return colour_uint8(values)
 
 
 def draw(image: np.ndarray, boxes: list[list[int]], whole: bool) -> Image.Image:
@@ -73,7 +113,9 @@ def draw(image: np.ndarray, boxes: list[list[int]], whole: bool) -> Image.Image:
     return picture
 
 
-def run(args: argparse.Namespace) -> int:
+# ---- the command ---------------------------------------------------------------------------------------
+def run(args: argparse.Namespace, prog: str) -> int:
+    """Review as ``args`` say (``add_review_arguments`` and ``--url``/``--token``); the exit status."""
     with Gateway(args.url, args.token, timeout=300) as gateway:
         version = args.version or latest_version(gateway, args.name)
         listing = gateway.admin("GET", f"collections/{args.name}/versions/{version}/cleaned")
@@ -93,16 +135,15 @@ def run(args: argparse.Namespace) -> int:
         redacted = 0
         for image in images:
             uid = image["SOPInstanceUID"]
-            data = gateway.client.get(
-                f"{gateway.origin}/admin/collections/{args.name}/versions/{version}/cleaned/{uid}")
-            data.raise_for_status()
+            data = gateway.admin_bytes(f"collections/{args.name}/versions/{version}/cleaned/{uid}")
+            ds = pydicom.dcmread(io.BytesIO(data))
             boxes = {int(f): b for f, b in image["boxes"].items()}
             whole = set(image["wholeFrames"])
             frames = sorted(set(boxes) | whole) or [0]
             redacted += bool(boxes or whole)
             paths = []
             for frame in frames[:args.frames]:
-                picture = draw(frame_image(data.content, frame), boxes.get(frame, []), frame in whole)
+                picture = draw(render(ds, frame), boxes.get(frame, []), frame in whole)
                 path = out / f"{uid}_f{frame}.png"
                 picture.save(path)
                 paths.append(path)
@@ -122,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                 "td{vertical-align:top;padding:6px}</style>"
                 f"<h1>{html.escape(args.name)}, version {version} ({html.escape(state)})</h1>"
                 f"<p>{len(images)} cleaned images shown; red: redacted boxes; orange frame: a whole frame "
-                "blanked by a device rule. Publish with <code>dicomgw share publish "
+                f"blanked by a device rule. Publish with <code>{html.escape(prog)} share publish "
                 f"{html.escape(args.name)} --version {version} [--reject UID ...]</code>.</p>"
                 f"<table>{''.join(rows)}</table>")
         (out / "index.html").write_text(page)
@@ -130,5 +171,5 @@ def run(args: argparse.Namespace) -> int:
               f"{len(images) - redacted} with none found); version {version} is {state}; "
               f"open {out / 'index.html'}")
         if state == "review":
-            print(f"publish: dicomgw share publish {args.name} --version {version} [--reject UID ...]")
+            print(f"publish: {prog} share publish {args.name} --version {version} [--reject UID ...]")
     return 0

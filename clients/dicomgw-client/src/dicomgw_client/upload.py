@@ -1,4 +1,4 @@
-"""`dicomgw upload`: send files and folders of DICOM instances to a DICOMweb server by STOW-RS.
+"""``upload``: send files and folders of DICOM instances to a DICOMweb server by STOW-RS.
 
 Files are recognised by the DICM prefix at offset 128 (other files are skipped and counted), grouped by
 Study Instance UID and sent study by study, several studies at once, each in requests of at most
@@ -10,6 +10,8 @@ instance failed, 2 when a path does not exist.
 "Already present" is known from a QIDO-RS search of the study made before sending: an instance the
 server held already and acknowledges again is an identical re-send (a different one fails with 0x0111).
 With --skip-existing, instances whose SOP Instance UID the server holds are not sent at all.
+
+    dicomgw-client upload ./exports --url https://archive.example/dicom-web --token dgw_...
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import email.utils
+import functools
 import os
 import random
 import secrets
@@ -30,16 +33,9 @@ from typing import Any
 
 import httpx
 import pydicom
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+
+from dicomgw_client.cli import add_connection_arguments
+from dicomgw_client.progress import StatusLine
 
 FAILURE_REASONS = {
     0xC000: "cannot understand",
@@ -103,26 +99,35 @@ class Tally:
             self.failures.append((str(f.path if isinstance(f, DicomFile) else f), reason))
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("upload", help="send DICOM files and folders by STOW-RS",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+HELP = "send DICOM files and folders by STOW-RS"
+
+
+def add_parser(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+               *, prog: str = "dicomgw-client") -> argparse.ArgumentParser:
+    """The ``upload`` command under ``sub`` (its run is ``args.func(args)``); ``prog`` names the
+    command in its messages."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "upload", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_upload_arguments(parser)
+    add_connection_arguments(parser)
+    parser.set_defaults(func=functools.partial(run, prog=prog))
+    return parser
+
+
+def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of an upload, but the connection's (``--url``, ``--token``)."""
     parser.add_argument("paths", nargs="+", type=Path, help="files and folders (searched recursively)")
-    parser.add_argument("--url", default=os.environ.get("DICOMGW_URL", "http://127.0.0.1:8080/dicom-web"),
-                        help="DICOMweb root (default: $DICOMGW_URL or http://127.0.0.1:8080/dicom-web)")
     parser.add_argument("--concurrency", type=_positive_int, default=4, help="studies sent at once")
     parser.add_argument("--batch-mb", type=float, default=64,
                         help="largest STOW request in MB (a bigger single file goes alone)")
     parser.add_argument("--retries", type=int, default=5, help="retries of a transient failure")
     parser.add_argument("--timeout", type=float, default=300, help="seconds without progress")
-    parser.add_argument("--token", default=os.environ.get("DICOMGW_TOKEN"),
-                        help="bearer token (default: $DICOMGW_TOKEN)")
     parser.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                         help="extra request header (repeatable)")
     parser.add_argument("--skip-existing", action="store_true",
                         help="do not send instances whose SOP Instance UID the server holds "
                              "(faster resume; their content is not compared)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
 def _positive_int(value: str) -> int:
@@ -263,7 +268,7 @@ def retry_after(response: httpx.Response | None) -> float | None:
 
 def backoff(attempt: int) -> float:
     """Exponential backoff with jitter: about 0.5, 1, 2, 4 ... seconds, at most 30."""
-    return min(0.5 * 2**attempt, 30.0) * random.uniform(0.8, 1.2)
+    return float(min(0.5 * 2**attempt, 30.0) * random.uniform(0.8, 1.2))
 
 
 # --- the STOW response -------------------------------------------------------------------------------
@@ -311,29 +316,28 @@ def _http_failure(response: httpx.Response) -> str:
 
 # --- sending -----------------------------------------------------------------------------------------
 
-def _headers(args: argparse.Namespace) -> dict[str, str]:
+def _headers(args: argparse.Namespace, prog: str) -> dict[str, str]:
     headers = {"Accept": "application/dicom+json"}
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
     for item in args.header:
         name, sep, value = item.partition(":")
         if not sep or not name.strip():
-            raise SystemExit(f"dicomgw upload: --header {item!r} is not 'Name: value'")
+            raise SystemExit(f"{prog} upload: --header {item!r} is not 'Name: value'")
         headers[name.strip()] = value.strip()
     return headers
 
 
 class Uploader:
-    """Sends studies concurrently and keeps the tally; one instance per `dicomgw upload` run."""
+    """Sends studies concurrently and keeps the tally; one instance per ``upload`` run."""
 
-    def __init__(self, args: argparse.Namespace, progress: Progress, task: TaskID) -> None:
+    def __init__(self, args: argparse.Namespace, progress: StatusLine | None = None,
+                 prog: str = "dicomgw-client") -> None:
         self.args = args
         self.progress = progress
-        self.task = task
         self.tally = Tally()
-        self.done = 0
         self.client = httpx.AsyncClient(
-            base_url=args.url.rstrip("/"), headers=_headers(args),
+            base_url=args.url.rstrip("/"), headers=_headers(args, prog),
             timeout=httpx.Timeout(args.timeout, connect=10),
             limits=httpx.Limits(max_connections=max(2, args.concurrency * 2)),
         )
@@ -345,8 +349,8 @@ class Uploader:
         await self.client.aclose()
 
     def _advance(self, instances: int = 0, size: int = 0) -> None:
-        self.done += instances
-        self.progress.update(self.task, advance=size, done=self.done)
+        if self.progress is not None:
+            self.progress.update(advance=instances, advance_bytes=size)
 
     async def _send(self, method: str, url: str, files: list[DicomFile] | None = None,
                     **kwargs: Any) -> tuple[httpx.Response | None, int]:
@@ -486,50 +490,39 @@ class Uploader:
                                for study, group in by_study(files).items()))
 
 
-def _progress(console: Console, quiet: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]upload"), BarColumn(),
-        TextColumn("{task.fields[done]}/{task.fields[count]} instances"),
-        DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-        console=console, disable=quiet, transient=False,
-    )
-
-
-async def _upload(args: argparse.Namespace, files: list[DicomFile]) -> Tally:
-    progress = _progress(Console(stderr=True), args.quiet)
-    with progress:
-        task = progress.add_task("upload", total=sum(f.size for f in files), done=0, count=len(files))
-        async with Uploader(args, progress, task) as uploader:
+async def _upload(args: argparse.Namespace, files: list[DicomFile], prog: str) -> Tally:
+    with StatusLine("upload", enabled=not args.quiet) as progress:
+        progress.update(total=len(files), bytes_total=sum(f.size for f in files))
+        async with Uploader(args, progress, prog) as uploader:
             await uploader.upload(files)
     return uploader.tally
 
 
-def _summary(console: Console, tally: Tally, scan: Scan, seconds: float) -> None:
+def summary(tally: Tally, scan: Scan, seconds: float) -> str:
     megabytes = sum(f.size for f in scan.files) / 1e6
-    console.print(f"stored {tally.stored}, already present {tally.present}, failed {tally.failed_total}"
-                  f" ({len(scan.files)} DICOM file(s), {megabytes:.1f} MB in {seconds:.1f} s;"
-                  f" {scan.skipped} non-DICOM file(s) skipped)", highlight=False)
+    lines = [f"stored {tally.stored}, already present {tally.present}, failed {tally.failed_total}"
+             f" ({len(scan.files)} DICOM file(s), {megabytes:.1f} MB in {seconds:.1f} s;"
+             f" {scan.skipped} non-DICOM file(s) skipped)"]
     if tally.warnings:
-        console.print(f"  {tally.warnings} instance(s) stored with a warning", highlight=False)
-    for reason, count in sorted(tally.failed.items()):
-        console.print(f"  failed: {count} x {reason}", highlight=False)
-    for path, reason in tally.failures[:20]:
-        console.print(f"    {path}: {reason}", highlight=False, markup=False)
+        lines.append(f"  {tally.warnings} instance(s) stored with a warning")
+    lines += [f"  failed: {count} x {reason}" for reason, count in sorted(tally.failed.items())]
+    lines += [f"    {path}: {reason}" for path, reason in tally.failures[:20]]
     if len(tally.failures) > 20:
-        console.print(f"    ... and {len(tally.failures) - 20} more", highlight=False)
+        lines.append(f"    ... and {len(tally.failures) - 20} more")
+    return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    console = Console(soft_wrap=True)
+def run(args: argparse.Namespace, prog: str = "dicomgw-client") -> int:
+    """Upload as ``args`` say (``add_upload_arguments`` and ``--url``/``--token``); the exit status: 1
+    when an instance failed, 2 when a path does not exist."""
     missing = [p for p in args.paths if not p.exists()]
     if missing:
-        console.print(f"dicomgw upload: no such file or folder: {', '.join(map(str, missing))}",
-                      markup=False, highlight=False)
+        print(f"{prog} upload: no such file or folder: {', '.join(map(str, missing))}")
         return 2
     started = time.monotonic()
     scan = find_files(args.paths)
-    tally = asyncio.run(_upload(args, scan.files))
+    tally = asyncio.run(_upload(args, scan.files, prog))
     for path, reason in scan.unreadable:
         tally.fail([path], f"file could not be read: {reason}")
-    _summary(console, tally, scan, time.monotonic() - started)
+    print(summary(tally, scan, time.monotonic() - started))
     return 1 if tally.failed_total else 0
