@@ -23,6 +23,8 @@ from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, JPEGLSLossl
 from dicomgw.compact import (
     ALL_CODECS,
     HEADER_PROBE_BYTES,
+    JPEGXL_MARGIN,
+    JPEGXL_MIN_SAVED,
     PREAMBLE_BYTES,
     CompactCorrupt,
     Compacted,
@@ -38,7 +40,7 @@ from dicomgw.compact.container import write
 from dicomgw.compact.locate import locate_pixel_data
 from tests.dicomdata import deid_data_files, make_dataset, pydicom_files, to_bytes
 
-FORMS = {"jpegls", "htj2k", "jpegxl", "zstd-frames", "zstd"}
+FORMS = {"jpegls", "htj2k", "jpegxl", "zstd-frames", "zstd", "jpeg-jxl"}
 TRANSFER_SYNTAX = {"jpegls": "1.2.840.10008.1.2.4.80", "htj2k": "1.2.840.10008.1.2.4.201",
                    "jpegxl": "1.2.840.10008.1.2.4.110"}
 
@@ -171,16 +173,42 @@ def test_native_ct_mr_cr_files_get_image_codec_frames_servable_as_they_are(name:
     assert reconstruct(result.data) == original
 
 
-def test_ultrasound_that_jpeg_ls_compresses_badly_is_kept_as_zstd_frames() -> None:
-    # 16-bit palette ultrasound: JPEG-LS and HTJ2K ~2.5x, zstd ~6x (the case issue 12 measured)
+def test_ultrasound_that_jpeg_ls_compresses_badly_is_kept_as_zstd_frames_or_jpeg_xl() -> None:
+    # 16-bit palette ultrasound: JPEG-LS and HTJ2K ~2.5x, zstd ~6x (the case issue 12 measured), JPEG XL
+    # a third smaller again
     original = _named("gdcm-US-ALOKA-16.dcm")
     result = _compacted(_path("gdcm-US-ALOKA-16.dcm"))
-    assert result is not None and result.codec == "zstd-frames"
+    assert result is not None and result.codec == "jpegxl"
     assert result.frames == 1 and result.transfer_syntax is None
+    without = compact(original, codecs=("jpegls", "htj2k", "zstd"))
+    assert without is not None and without.codec == "zstd-frames"
+    assert result.compact_size < without.compact_size * 0.85
     for codec in ("jpegls", "htj2k"):
         alone = compact(original, codecs=(codec,))
-        assert alone is not None and result.compact_size < alone.compact_size
-    assert _frames_via_ranges(result.data)[0] == _pixel_value(original)[1]
+        assert alone is not None and without.compact_size < alone.compact_size
+    for form in (result, without):
+        assert _frames_via_ranges(form.data)[0] == _pixel_value(original)[1]
+
+
+@pytest.mark.parametrize(("name", "codec"), [
+    ("US1_UNCR.dcm", "jpegxl"),  # colour ultrasound: a third smaller than zstd, 52 KB a frame
+    ("gdcm-US-ALOKA-16.dcm", "jpegxl"),  # palette ultrasound: a quarter smaller than zstd
+    ("examples_rgb_color.dcm", "htj2k"),  # a fifth smaller than HTJ2K, but 11 KB a frame
+    ("eCT_Supplemental.dcm", "jpegls"),  # a fifth smaller than JPEG-LS, but 9 KB a frame
+    ("examples_palette.dcm", "jpegls"),  # 11 % smaller than JPEG-LS
+])
+def test_jpeg_xl_is_kept_only_when_clearly_smaller(name: str, codec: str) -> None:
+    original = _named(name)
+    result = _compacted(_path(name))
+    assert result is not None and result.codec == codec
+    jpegxl = compact(original, codecs=("jpegxl",))
+    others = compact(original, codecs=("jpegls", "htj2k", "zstd"))
+    assert jpegxl is not None and others is not None and jpegxl.compact_size < others.compact_size
+    clearly = (jpegxl.compact_size < others.compact_size * (1 - JPEGXL_MARGIN)
+               and others.compact_size - jpegxl.compact_size >= JPEGXL_MIN_SAVED * result.frames)
+    assert clearly == (codec == "jpegxl")
+    assert result.compact_size == (jpegxl if clearly else others).compact_size
+    assert reconstruct(result.data) == original
 
 
 # ---- frames ------------------------------------------------------------------------------------
@@ -420,7 +448,8 @@ def test_a_flipped_byte_in_a_codestream_is_caught() -> None:
 def test_a_flipped_byte_in_the_zstd_segments_is_caught() -> None:
     result = _ct()
     header = read_header(result.data)
-    head_offset, head_length, _ = header.head[0]
+    head_offset, head_length, _, kind = header.head[0]
+    assert kind == "zstd"
     with pytest.raises(CompactCorrupt):
         reconstruct(_flip(result.data, header.header_length + head_offset + head_length // 2))
     whole = compact(_named("rtplan.dcm"))

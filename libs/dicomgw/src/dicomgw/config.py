@@ -213,7 +213,8 @@ class ColdSettings(StorageSettings):
 
 
 FrameCodec = Literal["jpegls", "htj2k", "jpegxl", "zstd"]
-DEFAULT_FRAME_CODECS: tuple[FrameCodec, ...] = ("jpegls", "htj2k", "zstd")
+# the library's default (dicomgw.compact.DEFAULT_CODECS: JPEG XL only where it saves much)
+DEFAULT_FRAME_CODECS: tuple[FrameCodec, ...] = ("jpegls", "htj2k", "jpegxl", "zstd")
 
 
 class CompactSettings(BaseSettings):

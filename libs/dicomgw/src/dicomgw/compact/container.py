@@ -3,16 +3,23 @@
 Layout (all integers little endian)::
 
     0   4  magic b"DGWC"
-    4   1  format version (1)
+    4   1  format version: 1, or 2 when a body segment is other than zstd (below)
     5   3  zero
     8   4  header length H: bytes from 0 to the start of the body
     12  4  JSON length J
     16  4  CRC-32 of bytes 0-15 and 20-H (the whole header but this field)
     20  J  JSON: codec, original size and SHA-256, where the frames were in the original, frame geometry,
-           served transfer syntax, and the body's zstd segments ("head", "tail": [offset, length, size])
+           served transfer syntax, and the body's segments ("head", "tail": [offset, length, size] for
+           zstd; version 2 also [offset, length, size, kind], kind "raw" or "jpeg-jxl")
     20+J   frame table: per frame <offset u64, length u64, CRC-32 u32 of the codestream> (20 bytes)
     H   .. body: head segments (zstd of the original before the Pixel Data value, in chunks of at most
            CHUNK_BYTES), one codestream per frame, tail segments (zstd of the bytes after the frames)
+
+The whole-file forms keep no frames apart: codec "zstd" is the original in zstd chunks; "jpeg-jxl"
+(version 2) is the original's JPEG items in JPEG XL ("jpeg-jxl" segments: lossless JPEG recompression,
+``codecs.jpeg_to_jxl``), the bytes around them in zstd chunks or "raw" (kept as they are: item headers).
+A version 1 container is written whenever a form needs nothing else, so a reader that knows only
+version 1 still reads every form but "jpeg-jxl" (and refuses that one loudly); this reader reads both.
 
 Offsets in the JSON and the table count from the body. The body holds the original's bytes in their
 order, so a reader streams it front to back (``reconstruct_stream``) holding one chunk or frame at a time.
@@ -30,19 +37,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dicomgw.compact.codecs import FRAME_CODECS, decode_frame_bytes, zstd_decompress
+from dicomgw.compact.codecs import FRAME_CODECS, decode_frame_bytes, jxl_to_jpeg, zstd_decompress
 from dicomgw.compact.locate import Geometry
 
 MAGIC = b"DGWC"
 VERSION = 1
+VERSION_KINDS = 2  # body segments other than zstd
+VERSIONS = frozenset({VERSION, VERSION_KINDS})
 PREAMBLE_BYTES = 20
 HEADER_PROBE_BYTES = 64 << 10
 CHUNK_BYTES = 8 << 20
 _PREAMBLE = struct.Struct("<4sB3xLLL")
 _FRAME = struct.Struct("<QQL")
-_CODECS = frozenset({*(c if c != "zstd" else "zstd-frames" for c in FRAME_CODECS), "zstd"})
+ZSTD, RAW, JPEG_JXL = "zstd", "raw", "jpeg-jxl"  # body segment kinds
+SEGMENT_KINDS = frozenset({ZSTD, RAW, JPEG_JXL})
+WHOLE_FILE_CODECS = frozenset({"zstd", "jpeg-jxl"})  # no frames apart, no geometry
+_CODECS = frozenset({*(c if c != "zstd" else "zstd-frames" for c in FRAME_CODECS), *WHOLE_FILE_CODECS})
 
-Segment = tuple[int, int, int]  # offset in the body, stored length, original length
+Segment = tuple[int, int, int, str]  # offset in the body, stored length, original length, kind
 RangeReader = Callable[[int, int], bytes]  # read(offset, length) -> exactly that many bytes
 
 
@@ -54,7 +66,7 @@ class CompactCorrupt(ValueError):
 class Header:
     """What the header says: enough to read one frame, or to rebuild the whole original."""
 
-    codec: str  # jpegls | htj2k | jpegxl | zstd-frames (frames stored apart) | zstd (the whole file)
+    codec: str  # jpegls | htj2k | jpegxl | zstd-frames (frames stored apart) | zstd | jpeg-jxl (whole file)
     original_size: int
     original_sha256: bytes
     header_length: int
@@ -66,6 +78,7 @@ class Header:
     head: tuple[Segment, ...]
     tail: tuple[Segment, ...]
     frame_table: tuple[tuple[int, int, int], ...]  # (offset in the body, length, CRC-32)
+    version: int = VERSION
 
     @property
     def frames(self) -> int:
@@ -93,7 +106,7 @@ def is_compact(prefix: bytes) -> bool:
     if len(prefix) < PREAMBLE_BYTES:
         return False
     magic, version, header_len, json_len, _ = _PREAMBLE.unpack_from(prefix)
-    return bool(magic == MAGIC and version == VERSION and prefix[5:8] == b"\0\0\0"
+    return bool(magic == MAGIC and version in VERSIONS and prefix[5:8] == b"\0\0\0"
                 and header_len >= PREAMBLE_BYTES + json_len)
 
 
@@ -108,21 +121,36 @@ def _crc(header: bytes) -> int:
     return zlib.crc32(header[PREAMBLE_BYTES:], zlib.crc32(header[:16]))
 
 
+def segment_rows(segments: list[Segment]) -> list[list[int | str]]:
+    """The JSON rows of ``segments``: zstd ones as version 1 wrote them, the others with their kind."""
+    return [[o, n, s] if kind == ZSTD else [o, n, s, kind] for o, n, s, kind in segments]
+
+
 def write(meta: dict[str, Any], frame_table: list[tuple[int, int, int]]) -> bytes:
-    """The header bytes for ``meta`` (JSON-able) and the frame table; the body follows them."""
+    """The header bytes for ``meta`` (JSON-able, its segments as ``segment_rows``) and the frame table;
+    the body follows them. Version 2 only when a segment has a kind other than zstd."""
     text = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
     table = b"".join(_FRAME.pack(*row) for row in frame_table)
     length = PREAMBLE_BYTES + len(text) + len(table)
-    header = bytearray(_PREAMBLE.pack(MAGIC, VERSION, length, len(text), 0) + text + table)
+    kinds = any(len(row) > 3 for row in (*meta.get("head", ()), *meta.get("tail", ())))
+    version = VERSION_KINDS if kinds else VERSION
+    header = bytearray(_PREAMBLE.pack(MAGIC, version, length, len(text), 0) + text + table)
     struct.pack_into("<L", header, 16, _crc(bytes(header)))
     return bytes(header)
 
 
-def _segments(value: Any) -> tuple[Segment, ...]:
-    out = tuple((int(o), int(n), int(s)) for o, n, s in value)
-    if any(v < 0 for row in out for v in row):
-        raise ValueError("negative segment")
-    return out
+def _segments(value: Any, version: int) -> tuple[Segment, ...]:
+    out: list[Segment] = []
+    for row in value:
+        if len(row) == 3:
+            out.append((int(row[0]), int(row[1]), int(row[2]), ZSTD))
+        elif len(row) == 4 and version >= VERSION_KINDS and row[3] in SEGMENT_KINDS - {ZSTD}:
+            out.append((int(row[0]), int(row[1]), int(row[2]), str(row[3])))
+        else:
+            raise ValueError(f"bad segment {row!r} in a version {version} header")
+        if min(out[-1][:3]) < 0 or (out[-1][3] == RAW and out[-1][1] != out[-1][2]):
+            raise ValueError("negative segment, or a raw one whose lengths differ")
+    return tuple(out)
 
 
 def read_header(prefix: bytes) -> Header:
@@ -131,7 +159,7 @@ def read_header(prefix: bytes) -> Header:
     if len(prefix) < length:
         raise CompactCorrupt(f"header is {length} bytes, {len(prefix)} given")
     header = bytes(prefix[:length])
-    _, _, _, json_len, crc = _PREAMBLE.unpack_from(header)
+    _, version, _, json_len, crc = _PREAMBLE.unpack_from(header)
     if _crc(header) != crc:
         raise CompactCorrupt("header CRC mismatch")
     try:
@@ -143,9 +171,9 @@ def read_header(prefix: bytes) -> Header:
             original_sha256=bytes.fromhex(meta["sha256"]), header_length=length,
             body_length=int(meta["body_length"]), pixel_offset=int(meta["pixel_offset"]),
             pixel_length=int(meta["pixel_length"]), geometry=geometry,
-            transfer_syntax=meta["transfer_syntax"], head=_segments(meta["head"]),
-            tail=_segments(meta["tail"]),
-            frame_table=tuple(_FRAME.iter_unpack(table_bytes)))
+            transfer_syntax=meta["transfer_syntax"], head=_segments(meta["head"], version),
+            tail=_segments(meta["tail"], version),
+            frame_table=tuple(_FRAME.iter_unpack(table_bytes)), version=version)
         _check(result)
     except CompactCorrupt:
         raise
@@ -157,17 +185,22 @@ def read_header(prefix: bytes) -> Header:
 def _check(h: Header) -> None:
     """The header's numbers agree with each other; what they promise is checked while reading."""
     frames = h.geometry.frames if h.geometry else 0
-    if h.codec not in _CODECS or (h.codec == "zstd") != (h.geometry is None) or len(h.frame_table) != frames:
+    whole_file = h.codec in WHOLE_FILE_CODECS
+    if h.codec not in _CODECS or whole_file != (h.geometry is None) or len(h.frame_table) != frames:
         raise CompactCorrupt("codec, geometry and frame table disagree")
+    if h.codec == "jpeg-jxl" and h.version < VERSION_KINDS:
+        raise CompactCorrupt("jpeg-jxl in a version 1 header")
     if len(h.original_sha256) != 32 or h.pixel_offset + h.pixel_length > h.original_size:
         raise CompactCorrupt("bad digest or pixel range")
     if h.pixel_length != (frames * h.geometry.frame_size if h.geometry else 0):
         raise CompactCorrupt("pixel length is not frames x frame size")
-    if sum(s for _, _, s in h.head) != h.pixel_offset or (
-            sum(s for _, _, s in h.tail) != h.original_size - h.pixel_offset - h.pixel_length):
+    if sum(s for _, _, s, _ in h.head) != h.pixel_offset or (
+            sum(s for _, _, s, _ in h.tail) != h.original_size - h.pixel_offset - h.pixel_length):
         raise CompactCorrupt("segments do not cover the bytes around the frames")
     position = 0  # segments and frames lie back to back in the body, in the original's order
-    for offset, length, *_ in (*h.head, *h.frame_table, *h.tail):
+    spans = [(row[0], row[1]) for row in h.head] + [(row[0], row[1]) for row in h.frame_table] + [
+        (row[0], row[1]) for row in h.tail]
+    for offset, length in spans:
         if offset != position:
             raise CompactCorrupt("body segments out of order")
         position += length
@@ -197,11 +230,12 @@ def _read_exact(read: RangeReader, offset: int, length: int) -> bytes:
 
 
 def reconstruct_stream(source: bytes | RangeReader) -> Iterator[bytes]:
-    """The original's bytes in order, one zstd chunk or frame at a time.
+    """The original's bytes in order, one segment (a zstd chunk, a JPEG item) or frame at a time.
 
     ``source`` is the container, or ``read(offset, length)`` over it (a ranged GET, a file). Memory is
-    one chunk (CHUNK_BYTES) or one frame plus its codestream. The last bytes are yielded before the
-    SHA-256 check: a consumer keeps nothing until the iterator ends without raising CompactCorrupt.
+    one chunk (CHUNK_BYTES), or one frame or JPEG item plus its codestream. The last bytes are yielded
+    before the SHA-256 check: a consumer keeps nothing until the iterator ends without raising
+    CompactCorrupt.
     """
     read: RangeReader
     total: int | None = None
@@ -219,12 +253,14 @@ def reconstruct_stream(source: bytes | RangeReader) -> Iterator[bytes]:
         raise CompactCorrupt(f"container is {total} bytes, header says "
                              f"{header.header_length + header.body_length}")
 
-    def segment(offset: int, length: int, original: int) -> bytes:
+    def segment(offset: int, length: int, original: int, kind: str) -> bytes:
         stored = _read_exact(read, header.header_length + offset, length)
+        if kind == RAW:
+            return stored
         try:
-            return zstd_decompress(stored, original)
-        except Exception as exc:  # zstd's own error, or a size other than recorded
-            raise CompactCorrupt(f"zstd segment at body offset {offset}: {exc}") from exc
+            return jxl_to_jpeg(stored, original) if kind == JPEG_JXL else zstd_decompress(stored, original)
+        except Exception as exc:  # the codec's own error, or a size other than recorded
+            raise CompactCorrupt(f"{kind} segment at body offset {offset}: {exc}") from exc
 
     def parts() -> Iterator[bytes]:
         for head in header.head:

@@ -1,4 +1,5 @@
-"""Where the Pixel Data value of a native PS3.10 file sits, found by walking its own bytes.
+"""Where the Pixel Data value of a native PS3.10 file sits, or the items of an encapsulated one, found by
+walking the file's own bytes.
 
 The walk reads the file meta group, then the data set's top-level elements up to Pixel Data
 (7FE0,0010), stepping over sequences of undefined length item by item. It never re-serialises
@@ -21,6 +22,8 @@ _NATIVE = {
     EXPLICIT_VR_LITTLE_ENDIAN: (False, "<"),
     EXPLICIT_VR_BIG_ENDIAN: (False, ">"),
 }
+# the data set itself is deflated: nothing in it can be walked as it is
+_DEFLATED = frozenset({"1.2.840.10008.1.2.1.99"})
 _PREAMBLE = 128
 _TRANSFER_SYNTAX_UID = 0x00020010
 _PIXEL_DATA = 0x7FE00010
@@ -171,6 +174,26 @@ def _geometry(values: dict[int, bytes], order: str) -> Geometry:
     return geometry
 
 
+def _pixel_data_element(data: bytes, implicit: bool, order: str, pos: int
+                        ) -> tuple[bytes | None, int, int, dict[int, bytes]] | None:
+    """(VR, value length, value offset, Image Pixel values read on the way) of the top-level Pixel Data
+    element of the data set starting at ``pos``, or None when it has none."""
+    values: dict[int, bytes] = {}
+    while pos < len(data):
+        tag, vr, length, value = _element(data, pos, implicit, order)
+        if tag == _PIXEL_DATA:
+            return vr, length, value, values
+        if tag > _PIXEL_DATA:
+            return None
+        if length == _UNDEFINED:
+            pos = _skip_sequence(data, value, implicit or vr == b"UN", "<" if vr == b"UN" else order, 0)
+        else:
+            if tag in _WANTED:
+                values[tag] = data[value:value + length]
+            pos = value + length
+    return None
+
+
 def locate_pixel_data(data: bytes) -> PixelLocation | None:
     """The top-level Pixel Data value of a native-syntax PS3.10 file, or None when there is none, its
     length is undefined (encapsulated), or the file is anything this walk does not vouch for."""
@@ -179,23 +202,43 @@ def locate_pixel_data(data: bytes) -> PixelLocation | None:
         if uid not in _NATIVE:
             return None
         implicit, order = _NATIVE[uid]
-        values: dict[int, bytes] = {}
-        while pos < len(data):
-            tag, vr, length, value = _element(data, pos, implicit, order)
-            if tag == _PIXEL_DATA:
-                if length == _UNDEFINED or value + length > len(data) or vr not in (None, b"OB", b"OW"):
-                    return None
-                geometry = _geometry(values, order)
-                needed = geometry.frames * geometry.frame_size
-                return PixelLocation(value, needed, geometry) if needed <= length else None
-            if tag > _PIXEL_DATA:
-                return None
-            if length == _UNDEFINED:
-                pos = _skip_sequence(data, value, implicit or vr == b"UN", "<" if vr == b"UN" else order, 0)
-            else:
-                if tag in _WANTED:
-                    values[tag] = data[value:value + length]
-                pos = value + length
+        found = _pixel_data_element(data, implicit, order, pos)
+        if found is None:
+            return None
+        vr, length, value, values = found
+        if length == _UNDEFINED or value + length > len(data) or vr not in (None, b"OB", b"OW"):
+            return None
+        geometry = _geometry(values, order)
+        needed = geometry.frames * geometry.frame_size
+        return PixelLocation(value, needed, geometry) if needed <= length else None
+    except (_Unsupported, struct.error, ValueError):
         return None
+
+
+def locate_fragments(data: bytes) -> list[tuple[int, int]] | None:
+    """(offset, length) of the value of each item of the top-level encapsulated Pixel Data of a PS3.10
+    file, in order, the Basic Offset Table (the first item) included; None when the file has no such
+    value (native, deflated) or is anything this walk does not vouch for.
+
+    Encapsulated syntaxes are explicit VR little endian (PS3.5 A.4); the items lie back to back up to the
+    Sequence Delimitation Item. A wrong answer costs only compression: the bytes are kept either way.
+    """
+    try:
+        uid, pos = _transfer_syntax(data)
+        if uid in _NATIVE or uid in _DEFLATED:
+            return None
+        found = _pixel_data_element(data, False, "<", pos)
+        if found is None or found[1] != _UNDEFINED:
+            return None
+        items: list[tuple[int, int]] = []
+        pos = found[2]
+        while True:
+            tag, _, length, value = _element(data, pos, True, "<")
+            if tag == _SEQUENCE_END:
+                return items
+            if tag != _ITEM or length == _UNDEFINED or value + length > len(data):
+                return None
+            items.append((value, length))
+            pos = value + length
     except (_Unsupported, struct.error, ValueError):
         return None
