@@ -100,7 +100,7 @@ lint: install  ## ruff and mypy
 	$(UV_PROJECT_ENVIRONMENT)/bin/mypy libs/dicomgw/src
 	$(UV_PROJECT_ENVIRONMENT)/bin/mypy --strict clients/dicomgw-client/src
 
-bench: install tools-minio tools-postgres tools-redis tools-nginx tools-orthanc tools-browser  ## every figure against Orthanc and the raw store, embedded and on the stack (bench/run.py; ~20 min)
+bench: install tools-minio tools-postgres tools-redis tools-nginx tools-orthanc tools-browser  ## every figure against Orthanc and the raw store, embedded and on the stack, and the compact, datasets and pixels figures (bench/run.py; ~40 min)
 	$(UV_PROJECT_ENVIRONMENT)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:  ## remove the data folder and caches (keeps .tools)

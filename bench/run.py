@@ -1,6 +1,6 @@
 """dicomgw benchmarks: every figure is a ratio against a baseline measured in the same run, here.
 
-    make bench                      # or: .venv/bin/python bench/run.py [--only clinical,index,stack,extras]
+    make bench   # or: .venv/bin/python bench/run.py [--only clinical,index,stack,extras,compact,...]
 
 Against Orthanc's DICOMweb plugin (bench/versus.py), each figure of issue 10 as gateway/Orthanc and,
 where a raw store exists, gateway/raw (files written and fsynced by 4 threads; PUTs and GETs straight to
@@ -15,6 +15,13 @@ Other figures (``extras``), on the clinical corpus:
 - WADO-RS frames per second with the audit trail on vs off (alternating runs).
 ``compact`` (bench/compaction.py): stored bytes of real images kept compact against Orthanc's
 StorageCompression and zstd, compaction throughput per core, frame latency compact vs verbatim.
+``datasets`` (bench/datasets.py, issue 14), on the local stack with MinIO: ``CollectionDataset`` over a
+collection of 200-slice CT series, first epoch vs a naive dicomweb-client loop and second epoch vs pydicom
+on local files; ``dicomgw-client pull`` of that collection and of 7,000 small files vs copying the same
+objects straight from MinIO at the same concurrency.
+``pixels`` (bench/clean_pixels.py, issue 16): real US, SC, CR, CT and MR files built into a collection per
+modality in the embedded gateway with and without ``clean-pixels``: images per second and CPU seconds
+per image, and the ratio (bench/clean_pixels.py alone also compares the OCR engines).
 Results are printed as Markdown tables and written to bench/results/latest.json and latest.md
 (git-ignored); the README's performance table is a copy of one run's.
 """
@@ -152,8 +159,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="clinical,index,stack,extras,compact",
-                        help="comma-separated: clinical, index, stack, extras, compact")
+    parser.add_argument("--only", default="clinical,index,stack,extras,compact,datasets,pixels",
+                        help="comma-separated: clinical, index, stack, extras, compact, datasets, pixels")
     parser.add_argument("--index-studies", type=int, default=1500, help="studies of 60 instances")
     args = parser.parse_args()
     wanted = set(args.only.split(","))
@@ -184,6 +191,20 @@ def main() -> int:
             results["compact"] = compaction.run(Path(tmp) / "compact")
             tables.append("### compact: stored originals against Orthanc's StorageCompression\n\n"
                           + compaction.table(results["compact"]))
+            print(tables[-1], flush=True)
+        if "datasets" in wanted:
+            from bench import datasets
+
+            results["datasets"] = datasets.run(Path(tmp) / "datasets")
+            tables.append("### datasets: a research collection read (CollectionDataset, dicomgw-client pull)"
+                          "\n\n" + datasets.table(results["datasets"]))
+            print(tables[-1], flush=True)
+        if "pixels" in wanted:
+            from bench import clean_pixels
+
+            results["pixels"] = clean_pixels.collection(Path(tmp) / "pixels")
+            tables.append("### pixels: a collection with and without Clean Pixel Data\n\n"
+                          + clean_pixels.collection_table(results["pixels"]))
             print(tables[-1], flush=True)
         if "extras" in wanted:
             results["extras"] = extras(clinical.parts, Path(tmp))

@@ -326,6 +326,27 @@ def test_a_second_epoch_and_an_offline_run_send_no_request(built: Built, tmp_pat
     assert offline.version == dataset.version and [_digest(item) for item in offline] == first
 
 
+def test_series_fetched_in_one_request_give_the_same_items(built: Built, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The series-level path (SERIES_REQUEST_MIN, lowered here to this corpus's series of 5 and 7): the
+    same items, every object checked and cached, one request a series instead of one an instance."""
+    import dicomgw_client.dataset as dataset_module
+
+    expected = [_digest(item) for item in built.dataset(tmp_path / "per-instance")]
+    monkeypatch.setattr(dataset_module, "SERIES_REQUEST_MIN", 5)
+    dataset = built.dataset(tmp_path / "series")
+    assert [_digest(item) for item in dataset] == expected
+    studies = len({r["study_instance_uid"] for r in built.rows})
+    slices = [{sop for sop, _ in item.slices} for item in dataset._items]  # type: ignore[union-attr]
+    big = [s for s in slices if len(s) >= 5]
+    instances = len(set().union(*slices))
+    assert big and dataset.requests <= 2 + studies + len(big) + instances - sum(len(s) for s in big)
+    for row in dataset.rows:
+        if any(row["sop_instance_uid"] in s for s in big):
+            path = dataset.cache.path(row["sha256"])
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"]
+
+
 def test_a_damaged_cache_file_is_fetched_again(built: Built, tmp_path: Path) -> None:
     dataset = built.dataset(tmp_path, level="instance")
     item = dataset[3]

@@ -303,3 +303,41 @@ def test_a_manifest_that_a_pull_would_contradict_is_removed_first(tmp_path: Path
     assert (tmp_path / "manifest.parquet").exists() and (tmp_path / "manifest.csv").exists()
     retire_manifest(tmp_path, ["one.dcm"], [{"sha256": "b" * 64}])
     assert not (tmp_path / "manifest.parquet").exists() and not (tmp_path / "manifest.csv").exists()
+
+
+# ---- a series in one request -------------------------------------------------------------------------
+def test_a_series_comes_in_one_request_split_and_verified_as_it_arrives(
+        archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The series-level path (SERIES_REQUEST_MIN, 32 in use, lowered here to the test's 20-slice series):
+    one WADO-RS request a series, each part checked against the manifest; what a folder lacks by less
+    than that, one request an instance."""
+    import dicomgw_client.pull as pull_module
+
+    per_instance = archive.pull(tmp_path / "per-instance")  # 20-slice series: one request an instance
+    overhead = per_instance.requests - per_instance.fetched  # the versions, the manifest...
+    monkeypatch.setattr(pull_module, "SERIES_REQUEST_MIN", 8)
+    dest = tmp_path / "series"
+    first = archive.pull(dest)
+    assert first.fetched == 80 and per_instance.fetched == 80
+    assert first.requests == overhead + 4  # one a series
+    rows = pq.read_table(dest / "manifest.parquet").to_pylist()
+    assert all(_sha256(dest / r["path"]) == r["sha256"] for r in rows)
+    assert _files(dest) == _files(tmp_path / "per-instance")
+    # a few missing or damaged in one series: one request each
+    by_series: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_series.setdefault(row["series_instance_uid"], []).append(row)
+    series = sorted(by_series.values(), key=lambda members: members[0]["series_instance_uid"])
+    for row in series[0][:3]:
+        (dest / row["path"]).unlink()
+    damaged = dest / series[0][3]["path"]
+    damaged.write_bytes(damaged.read_bytes()[:-10] + bytes(10))
+    again = archive.pull(dest, rehash=True)
+    assert (again.fetched, again.repaired, again.present) == (4, 1, 76)  # fetched: the repaired too
+    assert again.requests == overhead + 4
+    # most of a series missing: one request for it again, and only its missing instances are written
+    for row in series[1][:15]:
+        (dest / row["path"]).unlink()
+    third = archive.pull(dest)
+    assert (third.fetched, third.present, third.requests) == (15, 65, overhead + 1)
+    assert all(_sha256(dest / r["path"]) == r["sha256"] for r in rows)

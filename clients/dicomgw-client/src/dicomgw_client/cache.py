@@ -88,18 +88,31 @@ class Cache:
             os.utime(path)  # most recently used
         return data
 
-    def put(self, sha256: str, data: bytes) -> None:
-        """Keep ``data`` as the object ``sha256``; IntegrityError when its bytes are not that."""
-        if sha256_hex(data) != sha256:
-            raise IntegrityError(f"the bytes received for {sha256} do not have that SHA-256")
-        path = self.path(sha256)
+    def put(self, sha256: str, data: bytes, *, checked: bool = False) -> None:
+        """Keep ``data`` as the object ``sha256``; IntegrityError when its bytes are not that. ``checked``:
+        the caller has just computed the SHA-256 of ``data`` and it is ``sha256`` (not hashed again)."""
+        self.put_many([(sha256, data)], checked=checked)
+
+    def put_many(self, objects: list[tuple[str, bytes]], *, checked: bool = False) -> None:
+        """``put`` of each (SHA-256, bytes), under one lock and one update of the running total."""
+        if not checked:
+            for sha256, data in objects:
+                if sha256_hex(data) != sha256:
+                    raise IntegrityError(f"the bytes received for {sha256} do not have that SHA-256")
+        if not objects:
+            return
+        paths = [self.path(sha256) for sha256, _ in objects]
         with self.lock():
-            existed = path.exists()
-            write_atomic(path, data)
-            if not existed:
-                total = self._add_size(len(data))
+            added = 0
+            for path, (_, data) in zip(paths, objects, strict=True):
+                existed = path.exists()
+                write_atomic(path, data)
+                if not existed:
+                    added += len(data)
+            if added:
+                total = self._add_size(added)
                 if self.max_bytes is not None and total > self.max_bytes:
-                    self._evict(keep=path)
+                    self._evict(keep=set(paths))
 
     def __contains__(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
@@ -166,7 +179,7 @@ class Cache:
             except FileNotFoundError:
                 pass
 
-    def _evict(self, keep: Path) -> None:
+    def _evict(self, keep: set[Path]) -> None:
         """Remove the least recently used objects until under LOW_WATER of the limit (lock held)."""
         assert self.max_bytes is not None
         entries = []
@@ -180,7 +193,7 @@ class Cache:
         for _, size, name in sorted(entries):
             if total <= target:
                 break
-            if Path(name) == keep:
+            if Path(name) in keep:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)

@@ -17,14 +17,17 @@ dictionary transforms index, without this package importing torch.
 
 Each item is a dict: ``image`` (float32, real-world values: the rescale applied, per frame for enhanced
 objects), ``affine`` (4x4 float64, RAS millimetres of the image's array indices; for series the
-layout dcm2niix writes and nibabel reads: ``image[column, last row first, slice]``; NaN where an
-instance has no geometry) and ``meta`` (the manifest row; for a stack, the series' columns as values
-and the instance columns as lists in slice order, with ``frame``, ``stack`` and ``stacks``).
+layout dcm2niix writes and nibabel reads: ``image[column, last row first, slice]``, kept in memory
+slice by slice as NIfTI keeps it (Fortran order for a grey volume: no transposed copy is made); NaN
+where an instance has no geometry) and ``meta`` (the manifest row; for a stack, the series' columns as
+values and the instance columns as lists in slice order, with ``frame``, ``stack`` and ``stacks``).
 
-Objects come through a verified cache (``cache.Cache``): fetched once with WADO-RS as stored, checked
-against the manifest's SHA-256, decoded here (pydicom with the pylibjpeg codecs). A second epoch, and a
-later run of a pinned ``version``, send no request at all; with ``version=None`` and the archive out of
-reach, the latest version cached is used.
+Objects come through a verified cache (``cache.Cache``): fetched once with WADO-RS as stored (with one
+request for a series when at least ``api.SERIES_REQUEST_MIN`` of its objects, and half of them, are
+missing; else one request per instance, concurrently), checked against the manifest's SHA-256, decoded
+here (pydicom with the pylibjpeg codecs). Iterating fetches the next item's objects while the current
+one is decoded. A second epoch, and a later run of a pinned ``version``, send no request at all; with
+``version=None`` and the archive out of reach, the latest version cached is used.
 
 Worker processes (fork or spawn) each open their own HTTP client and thread pool on first use: the
 pickled dataset holds no connection.
@@ -37,9 +40,9 @@ import io
 import json
 import logging
 import os
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +54,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from dicomgw_client import volume
-from dicomgw_client.api import Archive
+from dicomgw_client.api import SERIES_REQUEST_MIN, Archive
 from dicomgw_client.cache import Cache, sha256_hex
 from dicomgw_client.errors import ArchiveError, ArchiveUnreachable, GeometryError, IntegrityError
 
@@ -60,6 +63,8 @@ log = logging.getLogger("dicomgw_client")
 Item = dict[str, Any]
 Level = Literal["series", "instance"]
 PLAN_FORMAT = "dicomgw-client stacks 1"
+# the parts of a series' answer are handed on to be hashed and cached this many bytes at a time
+KEEP_BYTES = 8 << 20
 # manifest columns that are the series' (values in a stack's meta); every other one is per instance
 SERIES_COLUMNS = ("patient_id", "study_instance_uid", "series_instance_uid", "modality",
                   "body_part_examined", "series_description")
@@ -151,6 +156,10 @@ class CollectionDataset:
             self.version, manifest = self._manifest(version)
             self.rows = select(manifest, where)
             self._by_sop = {r["sop_instance_uid"]: r for r in self.rows}
+            self._shas = frozenset(r["sha256"] for r in self.rows)
+            # instances of each series in the version, selected or not: is one request for the series
+            # worth it (see _fetch_missing)
+            self._series_sizes = Counter(r["series_instance_uid"] for r in manifest)
             self.skipped: list[Skipped] = []
             self._items: list[SeriesItem] | list[FrameItem] = (
                 self._series_items() if level == "series" else self._frame_items())
@@ -169,13 +178,37 @@ class CollectionDataset:
     def __getitem__(self, index: int) -> Any:
         if not -len(self._items) <= index < len(self._items):
             raise IndexError(f"index {index} out of range for {len(self._items)} items")
-        item = self._items[index]
-        out = self._series(item) if isinstance(item, SeriesItem) else self._frame(item)
+        return self._make(self._items[index], None)
+
+    def _make(self, item: SeriesItem | FrameItem, data: dict[str, bytes] | None) -> Any:
+        """The item's dict (transformed), from ``data`` (its objects by SHA-256) when given."""
+        out = self._series(item, data) if isinstance(item, SeriesItem) else self._frame(item, data)
         return self.transform(out) if self.transform is not None else out
 
+    def _item_rows(self, item: SeriesItem | FrameItem) -> list[dict[str, Any]]:
+        if isinstance(item, FrameItem):
+            return [self.rows[item.row]]
+        return [self._by_sop[sop] for sop in dict.fromkeys(sop for sop, _ in item.slices)]
+
     def __iter__(self) -> Iterator[Any]:
-        for index in range(len(self)):
-            yield self[index]
+        """Every item in order. The next item's objects are fetched (or read from the cache) in the
+        background while this one is decoded and handed out, once this one's are in hand: an object two
+        items share is still fetched once."""
+        items: Sequence[SeriesItem | FrameItem] = self._items
+        if not items:
+            return
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicomgw-ahead")
+        try:
+            data = self.objects(self._item_rows(items[0]))
+            for index, item in enumerate(items):
+                upcoming: Future[dict[str, bytes]] | None = None
+                if index + 1 < len(items):
+                    upcoming = ahead.submit(self.objects, self._item_rows(items[index + 1]))
+                yield self._make(item, data)
+                if upcoming is not None:
+                    data = upcoming.result()
+        finally:
+            ahead.shutdown(wait=True, cancel_futures=True)
 
     def __repr__(self) -> str:
         return (f"CollectionDataset({self.archive.root!r}, {self.collection!r}, version={self.version}, "
@@ -312,25 +345,83 @@ class CollectionDataset:
                                  "manifest's") from None
         return data
 
+    def _cached(self, row: dict[str, Any]) -> bytes | None:
+        return self.cache.get(row["sha256"])
+
     def objects(self, rows: list[dict[str, Any]]) -> dict[str, bytes]:
-        """The verified bytes of the rows' objects by SHA-256: from the cache, else fetched (concurrently)."""
+        """The verified bytes of the rows' objects by SHA-256: from the cache (read and checked
+        concurrently), else fetched (see ``_fetch_missing``)."""
         out: dict[str, bytes] = {}
-        missing = []
+        # what is not there at all is known without a read (nor a thread): a cold cache costs nothing
+        there: list[dict[str, Any]] = []
+        missing: list[dict[str, Any]] = []
         for row in rows:
-            data = self.cache.get(row["sha256"])
+            (there if row["sha256"] in self.cache else missing).append(row)
+        for row, data in zip(there, self._pool_map(self._cached, there), strict=True):
             if data is None:
-                missing.append(row)
+                missing.append(row)  # damaged, or evicted meanwhile
             else:
                 out[row["sha256"]] = data
-        for row, data in zip(missing, self._pool_map(self._fetch, missing), strict=True):
+        if missing:
+            out.update(self._fetch_missing(missing))
+        return out
+
+    def _fetch_missing(self, rows: list[dict[str, Any]]) -> dict[str, bytes]:
+        """Fetched, checked and cached: with one request for a series when at least SERIES_REQUEST_MIN
+        of its objects are missing and they are at least half of it, else one request per object
+        (concurrently); what a series' answer lacked, or had other bytes of, per object too."""
+        by_series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_series[(row["study_instance_uid"], row["series_instance_uid"])].append(row)
+        whole = [group for (_, series), group in by_series.items()
+                 if len(group) >= SERIES_REQUEST_MIN and 2 * len(group) >= self._series_sizes[series]]
+        out: dict[str, bytes] = {}
+        for got in self._pool_map(self._fetch_series, whole):
+            out.update(got)
+        left = [row for row in rows if row["sha256"] not in out]
+        for row, data in zip(left, self._pool_map(self._fetch, left), strict=True):
             out[row["sha256"]] = data
         return out
 
+    def _fetch_series(self, rows: list[dict[str, Any]]) -> dict[str, bytes]:
+        """The rows' objects (of one series) that one request for the series brought, checked and
+        cached; the series' other objects of the selection are cached too. The parts are hashed and
+        written to the cache by other threads while the next ones arrive. A refusal, or an answer cut
+        short, leaves what is missing to the requests per object."""
+        wanted = frozenset(row["sha256"] for row in rows)
+        study, series = rows[0]["study_instance_uid"], rows[0]["series_instance_uid"]
+        kept: list[Future[dict[str, bytes]]] = []
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dicomgw-keep") as keeper:
+            parts: list[bytes] = []
+            size = 0
+            try:
+                for data in self.archive.series_parts(self.collection, study, series):
+                    parts.append(data)
+                    size += len(data)
+                    if size >= KEEP_BYTES:
+                        kept.append(keeper.submit(self._keep, parts, wanted))
+                        parts, size = [], 0
+            except ArchiveError as exc:
+                log.info("series %s in one request: %s; the rest is fetched per instance", series, exc)
+            if parts:
+                kept.append(keeper.submit(self._keep, parts, wanted))
+            got: dict[str, bytes] = {}
+            for future in kept:
+                got.update(future.result())
+        return got
+
+    def _keep(self, parts: list[bytes], wanted: frozenset[str]) -> dict[str, bytes]:
+        """The parts that are objects of the selection, cached (by SHA-256): those ``wanted`` returned."""
+        hashed = ((sha256_hex(data), data) for data in parts)
+        known = [(sha256, data) for sha256, data in hashed if sha256 in self._shas]
+        self.cache.put_many(known, checked=True)
+        return {sha256: data for sha256, data in known if sha256 in wanted}
+
     # ---- items' contents ---------------------------------------------------------------------------
-    def _series(self, item: SeriesItem) -> Item:
-        sops = list(dict.fromkeys(sop for sop, _ in item.slices))
-        rows = [self._by_sop[sop] for sop in sops]
-        data = self.objects(rows)
+    def _series(self, item: SeriesItem, data: dict[str, bytes] | None = None) -> Item:
+        rows = self._item_rows(item)
+        if data is None:
+            data = self.objects(rows)
         datasets: dict[str, Dataset] = {
             row["sop_instance_uid"]: pydicom.dcmread(io.BytesIO(data[row["sha256"]])) for row in rows}
         frames = {f.key: f for ds in datasets.values() for f in volume.frames_of(ds)}
@@ -355,10 +446,11 @@ class CollectionDataset:
         meta.update(frame=[f + 1 for _, f in item.slices], stack=item.stack, stacks=item.stacks)
         return {"image": volume.assemble(stack, datasets), "affine": stack.affine, "meta": meta}
 
-    def _frame(self, item: FrameItem) -> Item:
+    def _frame(self, item: FrameItem, data: dict[str, bytes] | None = None) -> Item:
         row = self.rows[item.row]
-        data = self.objects([row])[row["sha256"]]
-        ds = pydicom.dcmread(io.BytesIO(data))
+        if data is None:
+            data = self.objects([row])
+        ds = pydicom.dcmread(io.BytesIO(data[row["sha256"]]))
         frame = volume.frames_of(ds)[item.frame]
         meta = dict(row)
         meta["frame"] = item.frame + 1

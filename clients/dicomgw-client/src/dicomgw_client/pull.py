@@ -1,13 +1,15 @@
 """Pull a collection version into a folder: every file verified against the manifest, resumable.
 
 ``pull(url, collection, dest)`` downloads the instances of a complete version (WADO-RS, as stored),
-``concurrency`` at a time over as many connections, and checks each one's SHA-256 against the
-manifest as it arrives; with ``nifti=True`` also the version's NIfTI volumes and their sidecars. Then
-it writes ``manifest.parquet`` and ``manifest.csv`` in ``dest``: the version's manifest, the same rows
-in the same order, with ``path`` the local file relative to ``dest``. ``layout`` places the instances:
-a template over the manifest's columns (``{patient_id}/{series_instance_uid}/{sop_instance_uid}.dcm``;
-by default ``{path}``, the manifest's own path). The manifest is written last: one in ``dest`` lists
-only files that are there, whole and verified.
+``concurrency`` at a time over as many connections (a series with at least ``api.SERIES_REQUEST_MIN``
+instances to fetch, and half of it, with one request for the series, split as it arrives), and checks
+each one's SHA-256 against the manifest as it arrives; with ``nifti=True`` also the version's NIfTI
+volumes and their sidecars. Then it writes ``manifest.parquet`` and ``manifest.csv`` in ``dest``: the
+version's manifest, the same rows in the same order, with ``path`` the local file relative to ``dest``.
+``layout`` places the instances: a template over the manifest's columns
+(``{patient_id}/{series_instance_uid}/{sop_instance_uid}.dcm``; by default ``{path}``, the manifest's
+own path). The manifest is written last: one in ``dest`` lists only files that are there, whole and
+verified.
 
 Resuming. Each file is written to a temporary file in ``dest/.dicomgw-pull/tmp`` and renamed into
 place, so a killed pull leaves whole files or none (the next pull clears what it left there). Each
@@ -31,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import functools
 import gzip
 import hashlib
 import io
@@ -44,7 +47,8 @@ import string
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -54,7 +58,17 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dicomgw_client.api import RETRY_STATUS, Archive, problem_text, retry_delay, single_part
+from dicomgw_client.api import (
+    INSTANCE_ACCEPT,
+    RETRY_STATUS,
+    SERIES_REQUEST_MIN,
+    Archive,
+    MultipartSplitter,
+    boundary_of,
+    problem_text,
+    retry_delay,
+    single_part,
+)
 from dicomgw_client.errors import ArchiveError, ArchiveUnreachable, ClientError, IntegrityError
 from dicomgw_client.journal import Journal, VolumeKey
 from dicomgw_client.progress import Progress
@@ -99,6 +113,38 @@ class Target:
     accept: str
     sha256: str | None  # the manifest's (volumes.csv's for a NIfTI file); None when not listed
     volume_key: VolumeKey | None = None
+
+
+@dataclass(frozen=True)
+class SeriesBatch:
+    """The instances of one series, fetched with one request for the series when enough of them are
+    missing (``api.SERIES_REQUEST_MIN``, and at least half of them), else one request each."""
+
+    url: str  # the series' WADO-RS URL
+    targets: tuple[Target, ...]
+
+
+def batched(targets: list[Target], rows: list[dict[str, Any]], archive: Archive,
+            collection: str) -> list[Target | SeriesBatch]:
+    """The instances' targets, those of each series of at least SERIES_REQUEST_MIN instances as one
+    batch (where its first instance was), the others as they are."""
+    by_series: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for index, row in enumerate(rows):
+        by_series[(row["study_instance_uid"], row["series_instance_uid"])].append(index)
+    first: dict[int, SeriesBatch] = {}
+    member: set[int] = set()
+    for (study, series), indices in by_series.items():
+        if len(indices) >= SERIES_REQUEST_MIN:
+            first[indices[0]] = SeriesBatch(archive.series_url(collection, study, series),
+                                            tuple(targets[i] for i in indices))
+            member.update(indices)
+    out: list[Target | SeriesBatch] = []
+    for index, target in enumerate(targets):
+        if index in first:
+            out.append(first[index])
+        elif index not in member:
+            out.append(target)
+    return out
 
 
 # ---- layout -----------------------------------------------------------------------------------------
@@ -240,6 +286,12 @@ class _Pull:
         the bytes fetched)."""
         if self.stop.is_set():
             raise _Stopped
+        outcome = self.check(target)
+        return (outcome, 0) if outcome == "present" else (outcome, self.fetch(target))
+
+    def check(self, target: Target) -> str:
+        """"present" when the file is in place with the right bytes, "repaired" when a file with other
+        bytes is there, else "fetched" (what fetching it will be)."""
         assert self.journal is not None
         final = self.dest / target.path
         expected = target.sha256
@@ -248,7 +300,7 @@ class _Pull:
         try:
             st = final.stat()
         except (FileNotFoundError, NotADirectoryError):
-            return "fetched", self.fetch(target)
+            return "fetched"
         if expected is not None and stat.S_ISREG(st.st_mode):
             known = None if self.rehash else self.journal.trusted(target.path, st)
             if known is None:
@@ -256,10 +308,113 @@ class _Pull:
                 if known == expected:
                     self.journal.record(target.path, known, st)
             if known == expected:
-                return "present", 0
+                return "present"
             log.warning("%s: not the bytes it should have, fetched again", final)
-            return "repaired", self.fetch(target)
-        return "fetched", self.fetch(target)
+            return "repaired"
+        return "fetched"
+
+    # ---- a series in one request ------------------------------------------------------------------------
+    def ensure_batch(self, batch: SeriesBatch) -> list[tuple[Target, str, int, str]]:
+        """(target, outcome, bytes fetched, "") for each instance of the batch, or (target, "", 0, why it
+        failed): the missing ones with one request for the series when there are enough of them, what
+        that answer lacked (or sent other bytes of) with a request each."""
+        if self.stop.is_set():
+            raise _Stopped
+        done: list[tuple[Target, str, int, str]] = []
+        missing: list[tuple[Target, str]] = []
+        for target in batch.targets:
+            outcome, _, failure = _guarded(target, functools.partial(self._checked, target))
+            if failure or outcome == "present":
+                done.append((target, outcome, 0, failure))
+            else:
+                missing.append((target, outcome))
+        placed: dict[str, int] = {}
+        if len(missing) >= SERIES_REQUEST_MIN and 2 * len(missing) >= len(batch.targets):
+            try:
+                placed = self.fetch_series(batch.url, [target for target, _ in missing])
+            except OSError as exc:  # its temporary files: said again by the requests per instance
+                log.warning("%s: %s; fetched per instance", batch.url, exc)
+        for target, outcome in missing:
+            if target.path in placed:
+                done.append((target, outcome, placed[target.path], ""))
+            else:
+                done.append((target, *_guarded(target, functools.partial(self._fetched, target, outcome))))
+        return done
+
+    def _checked(self, target: Target) -> tuple[str, int]:
+        return self.check(target), 0
+
+    def _fetched(self, target: Target, outcome: str) -> tuple[str, int]:
+        return outcome, self.fetch(target)
+
+    def fetch_series(self, url: str, targets: list[Target]) -> dict[str, int]:
+        """Bytes placed by path: the targets whose SHA-256 came in the series' answer (each part streamed
+        to a temporary file, hashed, renamed into place when it is one of them). A refusal or an answer
+        cut short places what came whole and leaves the rest to the requests per instance."""
+        assert self.journal is not None
+        waiting: dict[str, list[Target]] = defaultdict(list)
+        for target in targets:
+            assert target.sha256 is not None
+            waiting[target.sha256].append(target)
+        placed: dict[str, int] = {}
+        out: IO[bytes] | None = None
+        temporary = Path()
+        digest, size = hashlib.sha256(), 0
+        try:
+            with self.archive.client.stream("GET", url, headers={"Accept": INSTANCE_ACCEPT}) as answer:
+                boundary = boundary_of(answer.headers.get("content-type", ""))
+                if answer.status_code != 200 or boundary is None:
+                    answer.read()
+                    log.info("%s: HTTP %d, %s: fetched per instance", url, answer.status_code,
+                             answer.headers.get("content-type", ""))
+                    return placed
+                splitter = MultipartSplitter(boundary)
+                for chunk in answer.iter_bytes():
+                    if self.stop.is_set():
+                        raise _Stopped
+                    for event, data in splitter.feed(chunk):
+                        if event == "begin":
+                            fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+                            out, temporary = os.fdopen(fd, "wb"), Path(name)
+                            digest, size = hashlib.sha256(), 0
+                        elif event == "data":
+                            assert out is not None and data is not None
+                            out.write(data)
+                            digest.update(data)
+                            size += len(data)
+                        else:
+                            assert out is not None
+                            out.close()
+                            out = None
+                            self._place_part(temporary, digest.hexdigest(), size, waiting, placed)
+        except httpx.TransportError as exc:
+            log.warning("%s: %s: %s; the rest is fetched per instance", url, type(exc).__name__, exc)
+        finally:
+            if out is not None:
+                out.close()
+                with contextlib.suppress(FileNotFoundError):
+                    temporary.unlink()
+        return placed
+
+    def _place_part(self, temporary: Path, sha256: str, size: int, waiting: dict[str, list[Target]],
+                    placed: dict[str, int]) -> None:
+        """A part of a series' answer in its target's place when it is one the pull waits for."""
+        assert self.journal is not None
+        targets = waiting.get(sha256)
+        try:
+            if not targets:
+                return  # an instance of the series this version does not have, or not as stored
+            target = targets.pop()
+            final = self.dest / target.path
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temporary, final)
+        except OSError:
+            return  # this file's place (a folder there, no permission): said by its own request
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+        self.journal.record(target.path, sha256, final.stat())
+        placed[target.path] = size
 
     def fetch(self, target: Target) -> int:
         assert self.journal is not None
@@ -323,27 +478,40 @@ class _Pull:
         return digest.hexdigest(), size
 
     # ---- every file -------------------------------------------------------------------------------------
-    def run(self, targets: list[Target]) -> tuple[Counts, list[str]]:
+    def run(self, targets: list[Target | SeriesBatch]) -> tuple[Counts, list[str]]:
         """Every target in place, ``concurrency`` at a time; the counts and what failed (a file the archive
         refused or sent damaged: the others go on). The archive out of reach stops the pull. Targets are
-        handed to the threads a few at a time, not all at once: a collection may list millions."""
+        handed to the threads a few at a time, not all at once: a collection may list millions. A series'
+        batch is one of them (see ``ensure_batch``)."""
         counts, failures = Counts(), []
-        pending: dict[Future[tuple[str, int]], Target] = {}
+        pending: dict[Future[Any], Target | SeriesBatch] = {}
         waiting = iter(targets)
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="dicomgw-pull") as pool:
             try:
                 while True:
-                    for target in itertools.islice(waiting, WINDOW * self.concurrency - len(pending)):
-                        pending[pool.submit(self.ensure, target)] = target
+                    for work in itertools.islice(waiting, WINDOW * self.concurrency - len(pending)):
+                        if isinstance(work, SeriesBatch):
+                            pending[pool.submit(self.ensure_batch, work)] = work
+                        else:
+                            pending[pool.submit(self.ensure, work)] = work
                     if not pending:
                         break
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
-                        failure, size = self._outcome(future, pending.pop(future), counts)
-                        if failure:
-                            failures.append(failure)
-                        if self.progress is not None:
-                            self.progress.advance(size)
+                        work = pending.pop(future)
+                        if isinstance(work, SeriesBatch):
+                            outcomes = [(failure, outcome, size)
+                                        for _, outcome, size, failure in future.result()]
+                        else:
+                            failure, size = self._outcome(future, work, counts)
+                            outcomes = [(failure, "", size)]
+                        for failure, outcome, size in outcomes:
+                            if failure:
+                                failures.append(failure)
+                            elif outcome:
+                                counts.add(outcome, size)
+                            if self.progress is not None:
+                                self.progress.advance(size)
             except BaseException:
                 # a download in flight gives up at its next chunk; none waiting begins
                 self.stop.set()
@@ -365,6 +533,21 @@ class _Pull:
             return f"{target.path}: {exc}", 0
         counts.add(outcome, size)
         return "", size
+
+
+def _guarded(target: Target, call: Callable[[], tuple[str, int]]) -> tuple[str, int, str]:
+    """(outcome, bytes fetched, "") of ``call``, or ("", 0, why it failed) when this file could not be
+    had (the archive refused it or sent it damaged, or its place is taken); the archive out of reach
+    and a stop go on up."""
+    try:
+        outcome, size = call()
+    except (ArchiveUnreachable, _Stopped):
+        raise
+    except ClientError as exc:
+        return "", 0, str(exc)
+    except OSError as exc:  # this file's place (a folder there, no permission)
+        return "", 0, f"{target.path}: {exc}"
+    return outcome, size, ""
 
 
 # ---- the manifest ------------------------------------------------------------------------------------
@@ -482,7 +665,7 @@ def _pull(archive: Archive, collection: str, dest: Path, *, version: int | str |
         if progress is not None:
             progress.start(f"pull {collection} v{number}", len(targets) + len(volumes))
         try:
-            counts, failures = puller.run(targets + volumes)
+            counts, failures = puller.run([*batched(targets, rows, archive, collection), *volumes])
         finally:
             if progress is not None:
                 progress.finish()

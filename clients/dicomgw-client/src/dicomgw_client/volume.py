@@ -12,7 +12,8 @@ voxel's centre in RAS millimetres (DICOM's LPS with x and y negated).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,20 +161,33 @@ def _cosines(frame: Frame) -> tuple[Float64Array, Float64Array, Float64Array]:
     return row, column, normal / np.linalg.norm(normal)
 
 
+# Per-frame tests on 3-vectors are written in plain Python: NumPy's cost per call on arrays this small
+# was most of planning a series of a few hundred slices.
+def _norm(v: Sequence[float]) -> float:
+    return math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
+
+
+def _cross(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+
+
+def _close(a: Sequence[float], b: Sequence[float], tolerance: float) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
+
+
 def _placeable(frame: Frame) -> bool:
     if frame.position is None or frame.orientation is None or frame.pixel_spacing is None:
         return False
-    o = np.asarray(frame.orientation)
-    return bool(np.linalg.norm(o[:3]) > 0.5 and np.linalg.norm(o[3:]) > 0.5
-                and np.linalg.norm(np.cross(o[:3], o[3:])) > 0.5)
+    o = frame.orientation
+    return _norm(o[:3]) > 0.5 and _norm(o[3:]) > 0.5 and _norm(_cross(o[:3], o[3:])) > 0.5
 
 
 def _same_group(a: Frame, b: Frame) -> bool:
     assert a.orientation is not None and b.orientation is not None
     return ((a.frame_of_reference_uid, a.rows, a.columns, a.samples, a.acquisition)
             == (b.frame_of_reference_uid, b.rows, b.columns, b.samples, b.acquisition)
-            and np.allclose(a.orientation, b.orientation, atol=ORIENTATION_TOLERANCE, rtol=0)
-            and np.allclose(a.pixel_spacing or (), b.pixel_spacing or (), atol=1e-4, rtol=0))
+            and _close(a.orientation, b.orientation, ORIENTATION_TOLERANCE)
+            and _close(a.pixel_spacing or (), b.pixel_spacing or (), 1e-4))
 
 
 def affine(frames: Sequence[Frame]) -> Float64Array:
@@ -233,6 +247,18 @@ def _check(frames: list[Frame]) -> str | None:
     return None
 
 
+def _along(normal: Float64Array) -> Callable[[Frame], tuple[float, tuple[str, int]]]:
+    """The sort key of placeable frames: their position along ``normal``, then which frame they are."""
+    nx, ny, nz = (float(v) for v in normal)
+
+    def key(frame: Frame) -> tuple[float, tuple[str, int]]:
+        assert frame.position is not None
+        x, y, z = frame.position
+        return x * nx + y * ny + z * nz, frame.key
+
+    return key
+
+
 def plan(frames: Iterable[Frame]) -> tuple[list[Stack], list[Irregular]]:
     """Frames of one series split into regular stacks (by frame of reference, orientation, size,
     spacing, stack, echo and temporal position, each sorted along its normal), and what is irregular."""
@@ -250,8 +276,7 @@ def plan(frames: Iterable[Frame]) -> tuple[list[Stack], list[Irregular]]:
             groups.append([frame])
     stacks, irregular = [], []
     for group in groups:
-        _, _, normal = _cosines(group[0])
-        ordered = sorted(group, key=lambda f: (float(np.asarray(f.position) @ normal), f.key))
+        ordered = sorted(group, key=_along(_cosines(group[0])[2]))
         reason = _check(ordered)
         if reason is None:
             stacks.append(Stack(tuple(ordered), affine(ordered)))
@@ -265,28 +290,68 @@ def plan(frames: Iterable[Frame]) -> tuple[list[Stack], list[Irregular]]:
 
 
 # ---- pixels ----------------------------------------------------------------------------------------
-def real_world(ds: Dataset, index: int) -> Float32Array:
+def real_world(ds: Dataset, index: int, out: Float32Array | None = None) -> Float32Array:
     """Frame ``index`` of ``ds`` in display layout (rows, columns[, samples]), as real-world values:
     the rescale of the frame's Pixel Value Transformation (or the instance's Rescale Slope/Intercept,
-    or its Modality LUT) applied to grey images; colour images as they decode."""
+    or its Modality LUT) applied to grey images; colour images as they decode. Written into ``out``
+    (an array or a view of that shape) when given, which is returned."""
     raw = pixel_array(ds, index=index)
+    if out is None:
+        out = np.empty(raw.shape, dtype=np.float32)
     samples = int(ds.get("SamplesPerPixel") or 1)
     if samples != 1:
-        return raw.astype(np.float32)
+        out[...] = raw
+        return out
     groups = _functional_groups(ds, index)
     slope = _float(_group_value(groups, "PixelValueTransformationSequence", "RescaleSlope"))
     intercept = _float(_group_value(groups, "PixelValueTransformationSequence", "RescaleIntercept"))
     if slope is None and intercept is None:
         if "ModalityLUTSequence" in ds:
-            return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+            out[...] = apply_modality_lut(raw, ds)
+            return out
         slope, intercept = _float(ds.get("RescaleSlope")), _float(ds.get("RescaleIntercept"))
-    values = raw.astype(np.float64) * (1.0 if slope is None else slope) + (intercept or 0.0)
-    return values.astype(np.float32)
+    _rescale(raw, 1.0 if slope is None else slope, intercept or 0.0, out)
+    return out
+
+
+# integers up to this magnitude are exact in float32
+_FLOAT32_EXACT = 2 ** 24
+
+
+def _rescale(raw: npt.NDArray[Any], slope: float, intercept: float, out: Float32Array) -> None:
+    """``out = float32(raw * slope + intercept)`` as computed in float64. Integer pixels of at most 16
+    bits with an integer slope and intercept give integers that float32 holds exactly: then the
+    arithmetic is done in float32 in place (the same values, without a float64 copy of the frame)."""
+    if (raw.dtype.kind in "ui" and raw.dtype.itemsize <= 2 and slope.is_integer() and intercept.is_integer()
+            and abs(slope) * 2 ** 16 + abs(intercept) < _FLOAT32_EXACT):
+        out[...] = raw
+        if slope != 1.0:
+            out *= np.float32(slope)
+        if intercept:
+            out += np.float32(intercept)
+        return
+    values = raw.astype(np.float64)
+    values *= slope
+    values += intercept
+    out[...] = values
 
 
 def assemble(stack: Stack, datasets: dict[str, Dataset]) -> Float32Array:
-    """The stack's voxels in the module's layout, (columns, rows, slices[, samples]), real-world values."""
-    slices = [real_world(datasets[f.sop_instance_uid], f.index) for f in stack.frames]
-    # display (row, column) -> (column, last row first)
-    planes = [np.swapaxes(s[::-1], 0, 1) for s in slices]
-    return np.ascontiguousarray(np.stack(planes, axis=2))
+    """The stack's voxels in the module's layout, (columns, rows, slices[, samples]), real-world values.
+
+    Each slice is written once, in its place: the array is laid out in memory slice by slice (a
+    Fortran-ordered (columns, rows, slices) array for grey images, as NIfTI stores its voxels), so
+    that no transposed copy of the volume is made."""
+    out: Float32Array | None = None
+    for k, frame in enumerate(stack.frames):
+        ds = datasets[frame.sop_instance_uid]
+        if out is None:
+            samples = int(ds.get("SamplesPerPixel") or 1)
+            plane = (frame.rows, frame.columns) + ((samples,) if samples != 1 else ())
+            out = np.empty((len(stack.frames), *plane), dtype=np.float32)
+        # display (row, column) -> (last row first, column), in slice k's place
+        real_world(ds, frame.index, out[k, ::-1])
+    assert out is not None
+    # (slice, row, column[, sample]) in memory -> (column, row, slice[, sample]) by index, no copy
+    axes = (2, 1, 0) if out.ndim == 3 else (2, 1, 0, 3)
+    return out.transpose(axes)
