@@ -28,7 +28,7 @@ from dicomgw.collections.nifti import read_header
 from tests import deidcheck
 from tests.deidcheck import assert_deidentified
 from tests.dicomdata import deid_data_files, make_dataset, multipart_related, round_trip_corpus, to_bytes, uid
-from tests.fixtures.gateway import Gateway, start_gateway
+from tests.fixtures.gateway import Gateway, create_key, start_gateway
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.timeout(900)
@@ -405,3 +405,27 @@ def test_a_collection_on_the_stack_is_built_by_the_celery_tier(stack: Any, tmp_p
     # the de-identified pixels are the originals' pixels
     first = pydicom.dcmread(next((tmp_path / "pulled").rglob("*.dcm")))
     assert np.frombuffer(first.PixelData, dtype=np.uint16).size == 48 * 56
+    # on MinIO the archive hands its readers presigned URLs: the instances came straight from the store,
+    # every one checked against the manifest, with no WADO-RS request for any of them
+    from dicomgw_client.pull import pull
+
+    root = f"http://{stack.config.host}:{stack.config.port}"
+    reader = create_key(env, f"{collection}-reader", f"dicom.read:{collection}")
+    direct = pull(stack.config.url, collection, tmp_path / "direct", token=reader)
+    assert (direct.instances, direct.fetched) == (12, 12)
+    assert direct.requests == 5 + 12  # versions, manifest, report, exclusions, URLs; one GET each from MinIO
+    listed = httpx.get(f"{root}/collections/{collection}/versions/1/objects",
+                       headers={"Authorization": f"Bearer {reader}"}, timeout=30)
+    assert listed.status_code == 200, listed.text
+    objects = listed.json()["objects"]
+    minio = f"http://127.0.0.1:{stack.config.minio_port}/"
+    assert len(objects) == 12 and all(o["url"].startswith(minio) for o in objects)
+    got = httpx.get(objects[0]["url"], timeout=30)  # the URL is the credential: no token sent
+    assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == objects[0]["sha256"]
+    tampered = objects[0]["url"].replace("X-Amz-Signature=", "X-Amz-Signature=0")
+    assert httpx.get(tampered, timeout=30).status_code == 403
+    # a credential for another collection gets no URL of this one
+    other = create_key(env, f"{collection}-other", "dicom.read:somewhere-else")
+    refused = httpx.get(f"{root}/collections/{collection}/versions/1/objects",
+                        headers={"Authorization": f"Bearer {other}"}, timeout=30)
+    assert refused.status_code == 404

@@ -229,12 +229,13 @@ def test_a_pull_killed_midway_resumes_and_fetches_only_what_it_lacks(archive: Ar
     result = archive.pull(dest)
     # nothing that was whole is fetched again: only what the killed pull had not finished
     assert (result.present, result.fetched, result.repaired) == (len(there), len(rows) - len(there), 0)
-    # the versions, the manifest, report.json, exclusions.csv, and one request per missing instance
-    assert result.requests == 4 + result.fetched
+    # the versions, the manifest, report.json, exclusions.csv, the direct URLs (none: a local store),
+    # and one request per missing instance
+    assert result.requests == 5 + result.fetched
     assert all(_sha256(dest / row["path"]) == row["sha256"] for row in rows)
     assert not list((dest / STATE).glob("tmp/*"))
     again = archive.pull(dest)
-    assert (again.fetched, again.present, again.requests) == (0, 80, 4)
+    assert (again.fetched, again.present, again.requests) == (0, 80, 5)
 
 
 def test_a_damaged_local_file_is_found_and_fetched_again(archive: Archive, tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 # (credential, index, object store) then no longer bounds the throughput. Below it, the concurrent
 # requests per instance are as fast, and fetch only what is wanted.
 SERIES_REQUEST_MIN = 32
+# presigned URLs asked for at once (the archive signs them without a request to its store)
+DIRECT_PAGE = 5000
 
 
 _ssl_lock = threading.Lock()
@@ -179,10 +181,12 @@ class Archive:
         self._client: httpx.Client | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._direct: httpx.Client | None = None
+        self._direct_pid = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _pid=0, _lock=None, requests=0)
+        state.update(_client=None, _pid=0, _lock=None, requests=0, _direct=None, _direct_pid=0)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -207,6 +211,37 @@ class Archive:
                     self._pid = pid
         return self._client
 
+    @property
+    def direct_client(self) -> httpx.Client:
+        """This process's client for presigned URLs of the object store: no credential of the archive
+        ever goes there (the URL is the credential)."""
+        pid = os.getpid()
+        if self._direct is None or self._direct_pid != pid:
+            with self._lock:
+                if self._direct is None or self._direct_pid != pid:
+                    self._direct = httpx.Client(
+                        timeout=self.timeout, verify=ssl_context(), event_hooks={"request": [self._count]},
+                        limits=httpx.Limits(max_connections=self.connections))
+                    self._direct_pid = pid
+        return self._direct
+
+    def direct_urls(self, collection: str, version: int) -> dict[str, str]:
+        """SOP Instance UID -> a presigned URL of its object in the archive's store, for the instances
+        the archive can hand out so (verbatim, in its hot store); empty when it hands out none (no
+        public endpoint of its store configured, or an older archive): then every read is WADO-RS."""
+        out: dict[str, str] = {}
+        offset = 0
+        base = f"{self.origin}/collections/{quote(collection, safe='')}/versions/{version}/objects"
+        while True:
+            try:
+                page = self.get(f"{base}?offset={offset}&limit={DIRECT_PAGE}", "application/json").json()
+            except ArchiveError:
+                return {}
+            out.update({o["sop_instance_uid"]: o["url"] for o in page["objects"] if o.get("url")})
+            offset += len(page["objects"])
+            if not page["objects"] or offset >= int(page["total"]):
+                return out
+
     def _count(self, request: httpx.Request) -> None:
         with self._lock:
             self.requests += 1
@@ -214,7 +249,9 @@ class Archive:
     def close(self) -> None:
         if self._client is not None and self._pid == os.getpid():
             self._client.close()
-        self._client = None
+        if self._direct is not None and self._direct_pid == os.getpid():
+            self._direct.close()
+        self._client = self._direct = None
 
     def get(self, url: str, accept: str) -> httpx.Response:
         """GET with retries on connection errors, 429 and 5xx (exponential back-off); ArchiveError on a

@@ -32,6 +32,12 @@ class StorageSettings(BaseSettings):
     # s3 backend: the storage class objects are written with (e.g. STANDARD_IA, GLACIER_IR on AWS,
     # REDUCED_REDUNDANCY on MinIO: its own parity for that class); empty: the bucket's default
     storage_class: str | None = None
+    # s3 backend: the store's endpoint as clients outside reach it (an ingress of MinIO, S3 itself). When
+    # set, a research collection's readers may download its objects straight from the store with
+    # presigned GET URLs (``/collections/{name}/versions/{n}/objects``), at the store's speed
+    public_url: str | None = None
+    # how long such a URL stays valid
+    presign_seconds: int = Field(default=900, ge=60, le=7 * 24 * 3600)
 
 
 class ReplicaSettings(StorageSettings):

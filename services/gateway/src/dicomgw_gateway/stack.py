@@ -108,7 +108,9 @@ class StackConfig:
         """The settings every dicomgw process of the stack runs with."""
         via = self.proxy_ports
         minio, replica_port = via.get("minio", self.minio_port), via.get("minio-replica", self.replica_port)
-        s3 = {"ENDPOINT_URL": f"http://127.0.0.1:{minio}", "BUCKET": "dicom-originals"}
+        # clients reach the primary MinIO itself (never through a fault proxy) for presigned downloads
+        s3 = {"ENDPOINT_URL": f"http://127.0.0.1:{minio}", "BUCKET": "dicom-originals",
+              "PUBLIC_URL": f"http://127.0.0.1:{self.minio_port}"}
         replica = {"ENDPOINT_URL": f"http://127.0.0.1:{replica_port}", "BUCKET": "dicom-replica"}
         postgres, redis = via.get("postgres", self.postgres_port), via.get("redis", self.redis_port)
         env = {

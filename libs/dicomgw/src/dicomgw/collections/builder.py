@@ -726,3 +726,37 @@ async def published_versions(runtime: Runtime, name: str) -> list[dict[str, Any]
         out.append({"version": v["version"], "finished": v["finished"], "instances": report["instances"],
                     "excluded": report["excluded"], "files": report["files"] + ["report.json"]})
     return out
+
+
+async def direct_objects(runtime: Runtime, name: str, version: int, *, offset: int = 0,
+                         limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+    """A page of the instances of a complete version (every one up to it, in the manifest's order of
+    SOP Instance UID) with a presigned GET URL of each stored object, where the store can sign one and
+    the object is the instance's bytes as they are (verbatim, in the hot store); ``url`` is None for the
+    others (compact, or cold: read them with WADO-RS). And the number of instances in the version."""
+    from dicomgw.storage.tiered import TieredStore
+
+    store = runtime.store.hot if isinstance(runtime.store, TieredStore) else runtime.store
+    presign = getattr(store, "presign", None)
+    if presign is None or not getattr(store, "can_presign", False):
+        raise NotFound("this archive hands out no direct URLs (no public endpoint of its object store is "
+                       "configured): read the instances with WADO-RS")
+    done = (CollectionItem.collection == name, CollectionItem.version <= version,
+            CollectionItem.state == "done")
+    async with runtime.index.sessions() as session:
+        total = int((await session.execute(select(func.count()).select_from(CollectionItem).where(*done)
+                                           )).scalar_one())
+        rows = (await session.execute(
+            select(CollectionItem.sop_instance_uid, CollectionItem.study_instance_uid, CollectionItem.sha256,
+                   Instance.object_key, Instance.stored_form, Instance.tier)
+            .join(Instance, (Instance.partition_name == name)
+                  & (Instance.sop_instance_uid == CollectionItem.sop_instance_uid))
+            .where(*done).order_by(CollectionItem.sop_instance_uid).offset(offset).limit(limit))).all()
+    out = []
+    for sop, study, sha, key, form, tier in rows:
+        direct = form == "verbatim" and tier == "hot"
+        out.append({"sop_instance_uid": sop, "study_instance_uid": study,
+                    "sha256": bytes(sha).hex() if sha else None,
+                    "url": await presign(key) if direct else None})
+    return out, total
+

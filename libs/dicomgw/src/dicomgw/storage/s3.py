@@ -61,6 +61,21 @@ class S3Store:
         self.max_concurrency = max_concurrency
         # the S3 storage class every object is written with (a cold tier's cheaper one); None: the bucket's
         self._class: dict[str, Any] = {"StorageClass": storage_class} if storage_class else {}
+        # a client for the store's public endpoint, when one is configured: presigned GET URLs
+        self._signer: Any = None
+        self.presign_seconds = 900
+
+    @property
+    def can_presign(self) -> bool:
+        return self._signer is not None
+
+    async def presign(self, key: str) -> str:
+        """A GET URL of ``key`` on the public endpoint, valid ``presign_seconds``; no request is sent."""
+        if self._signer is None:
+            raise RuntimeError("no public endpoint is configured to presign for")
+        url: str = await self._signer.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.presign_seconds)
+        return url
 
     @classmethod
     async def open(cls, settings: StorageSettings) -> S3Store:
@@ -76,6 +91,13 @@ class S3Store:
             config=config,
         ))
         store = cls(client, settings.bucket, stack, settings.max_concurrency, settings.storage_class)
+        if settings.public_url:
+            # signs only (no request goes through it): a URL's signature covers the host clients use
+            store._signer = await stack.enter_async_context(get_session().create_client(
+                "s3", endpoint_url=settings.public_url, region_name=settings.region,
+                aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key,
+                config=Config(s3={"addressing_style": "path"}, signature_version="s3v4")))
+            store.presign_seconds = settings.presign_seconds
         if settings.create_bucket:
             await store._ensure_bucket()
         return store

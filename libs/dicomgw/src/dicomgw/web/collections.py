@@ -7,7 +7,10 @@ original each instance came from. With Clean Pixel Data, ``GET
 boxes, ``.../cleaned/{SOPInstanceUID}`` is such an image (held for review, or as published), and ``POST
 /admin/collections/{name}/versions/{n}/publish`` ``{"reject": [SOPInstanceUID...]}`` ends a review: the
 rejected images are left out, the others stored. Readers of the collection's partition (``dicom.read`` or
-``dicom.read:{name}``) list its complete versions at ``GET /collections/{name}/versions`` and fetch
+``dicom.read:{name}``) list its complete versions at ``GET /collections/{name}/versions``, may get
+presigned URLs to download its objects straight from the object store, where one is configured to be
+reached from outside (``GET /collections/{name}/versions/{n|latest}/objects?offset=&limit=``, audited),
+and fetch
 ``/collections/{name}/versions/{n|latest}/{manifest.csv, manifest.parquet, report.json,
 exclusions.csv, volumes.csv, nifti/...}``; the instances themselves are DICOMweb at
 ``{root}/partitions/{name}``.
@@ -21,6 +24,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from dicomgw.audit import AuditEvent
 from dicomgw.auth import ADMIN, READ
 from dicomgw.collections import builder
 from dicomgw.errors import BadRequest, NotFound
@@ -100,19 +104,46 @@ async def collection_versions(request: Request, runtime: RuntimeDep) -> dict[str
             "versions": await builder.published_versions(runtime, name)}
 
 
+async def _complete(runtime: RuntimeDep, name: str, version: str) -> int:
+    """The number of a complete version (``latest``: the last), from the index alone."""
+    complete = [v["version"] for v in (await builder.describe(runtime, name))["versions"]
+                if v["state"] == "complete"]
+    if version == "latest" and complete:
+        return int(complete[-1])
+    if version.isdigit() and int(version) in complete:
+        return int(version)
+    raise NotFound(f"the collection {name} has no complete version {version}")
+
+
+@router.get("/collections/{partition}/versions/{version}/objects", dependencies=[requires(READ)])
+async def collection_objects(version: str, request: Request, runtime: RuntimeDep,
+                             offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+    """Presigned GET URLs of a version's objects in the store (``url`` null: read it with WADO-RS); a
+    reader checks each object against the manifest's SHA-256 as for any other read."""
+    name = _collection(request)
+    number = await _complete(runtime, name, version)
+    if offset < 0 or not 1 <= limit <= 5000:
+        raise BadRequest("offset is 0 or more, limit 1 to 5000")
+    objects, total = await builder.direct_objects(runtime, name, number, offset=offset, limit=limit)
+    if runtime.settings.audit.enabled and objects:
+        principal = getattr(request.state, "principal", None)
+        runtime.audit.record(AuditEvent(
+            event="transferred", action="R", outcome=0, who=principal.name if principal else "unknown",
+            who_kind=principal.kind if principal else "unknown",
+            source=request.client.host if request.client else "", method="GET",
+            route="/collections/{partition}/versions/{version}/objects",
+            studies=tuple(dict.fromkeys(o["study_instance_uid"] for o in objects))[:1000],
+            detail=f"{sum(o['url'] is not None for o in objects)} presigned URLs of collection {name} "
+                   f"version {number}"))
+    return {"collection": name, "version": number, "total": total, "offset": offset,
+            "expiresIn": runtime.settings.storage.presign_seconds, "objects": objects}
+
+
 @router.get("/collections/{partition}/versions/{version}/{filename:path}", dependencies=[requires(READ)])
 async def collection_file(version: str, filename: str, request: Request,
                           runtime: RuntimeDep) -> StreamingResponse:
     name = _collection(request)
-    # the complete versions, from the index alone (the reports are read only to list versions)
-    complete = [v["version"] for v in (await builder.describe(runtime, name))["versions"]
-                if v["state"] == "complete"]
-    if version == "latest" and complete:
-        number = complete[-1]
-    elif version.isdigit() and int(version) in complete:
-        number = int(version)
-    else:
-        raise NotFound(f"the collection {name} has no complete version {version}")
+    number = await _complete(runtime, name, version)
     if not _FILE.match(filename):
         raise NotFound(f"a collection version has no file {filename}")
     key = builder.artifact_key(name, number, filename)
