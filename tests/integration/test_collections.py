@@ -424,6 +424,24 @@ def test_a_collection_on_the_stack_is_built_by_the_celery_tier(stack: Any, tmp_p
     assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == objects[0]["sha256"]
     tampered = objects[0]["url"].replace("X-Amz-Signature=", "X-Amz-Signature=0")
     assert httpx.get(tampered, timeout=30).status_code == 403
+    # and a training loop's dataset reads them from there too: no WADO-RS read of an instance at all
+    from dicomgw_client import CollectionDataset
+    from dicomgw_client.api import Archive as ClientArchive
+
+    def no_wado(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an instance was read through the archive")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ClientArchive, "instance", no_wado)
+        patch.setattr(ClientArchive, "series_parts", no_wado)
+        dataset = CollectionDataset(stack.config.url, collection, level="instance", token=reader,
+                                    cache_dir=tmp_path / "cache")
+        items = list(dataset)
+    assert len(items) == 12
+    pulled_pixels = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p).pixel_array
+                     for p in (tmp_path / "direct").rglob("*.dcm")}
+    for item in items:
+        np.testing.assert_array_equal(item["image"], pulled_pixels[item["meta"]["sop_instance_uid"]])
     # a credential for another collection gets no URL of this one
     other = create_key(env, f"{collection}-other", "dicom.read:somewhere-else")
     refused = httpx.get(f"{root}/collections/{collection}/versions/1/objects",

@@ -309,10 +309,11 @@ def test_a_second_epoch_and_an_offline_run_send_no_request(built: Built, tmp_pat
     dataset = built.dataset(tmp_path)
     first = [_digest(item) for item in dataset]
     after_first = dataset.requests
-    # the versions, the manifest, one metadata request per study, one request per instance
+    # the versions, the manifest, one metadata request per study, the store's URLs (none: a local
+    # store), one request per instance
     studies = len({r["study_instance_uid"] for r in built.rows})
     instances = len({sop for item in dataset._items for sop, _ in item.slices})  # type: ignore[union-attr]
-    assert after_first == 2 + studies + instances
+    assert after_first == 3 + studies + instances
     assert [_digest(item) for item in dataset] == first
     assert dataset.requests == after_first
     # a later run of the same version: not a single request, not even for the manifest or the plans
@@ -340,7 +341,7 @@ def test_series_fetched_in_one_request_give_the_same_items(built: Built, tmp_pat
     slices = [{sop for sop, _ in item.slices} for item in dataset._items]  # type: ignore[union-attr]
     big = [s for s in slices if len(s) >= 5]
     instances = len(set().union(*slices))
-    assert big and dataset.requests <= 2 + studies + len(big) + instances - sum(len(s) for s in big)
+    assert big and dataset.requests <= 3 + studies + len(big) + instances - sum(len(s) for s in big)
     for row in dataset.rows:
         if any(row["sop_instance_uid"] in s for s in big):
             path = dataset.cache.path(row["sha256"])
