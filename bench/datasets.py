@@ -146,13 +146,9 @@ class Archive:
 
 @contextmanager
 def stack(tmp: Path) -> Iterator[Archive]:
-    from dicomgw_gateway.stack import Stack, StackConfig, free_port
+    from dicomgw_gateway.stack import Stack
 
-    config = StackConfig(
-        run_dir=tmp / "stack", port=free_port(), minio_port=free_port(), replica_port=free_port(),
-        redis_port=free_port(), postgres_port=free_port(), ingest_port=free_port(),
-        query_port=free_port(), retrieve_port=free_port(), worker_metrics_port=free_port(),
-        dimse_port=free_port(), minio_user="bench", minio_password="bench-secret-key")
+    config = versus.stack_config(tmp)
     running = Stack(config)
     running.up()
     try:

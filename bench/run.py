@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import platform
 import statistics
@@ -185,26 +186,19 @@ def main() -> int:
             results[name] = result
             tables.append(f"### {name}: {result['gateway']}\n\n{versus.table(result)}")
             print(tables[-1], flush=True)
-        if "compact" in wanted:
-            from bench import compaction
-
-            results["compact"] = compaction.run(Path(tmp) / "compact")
-            tables.append("### compact: stored originals against Orthanc's StorageCompression\n\n"
-                          + compaction.table(results["compact"]))
-            print(tables[-1], flush=True)
-        if "datasets" in wanted:
-            from bench import datasets
-
-            results["datasets"] = datasets.run(Path(tmp) / "datasets")
-            tables.append("### datasets: a research collection read (CollectionDataset, dicomgw-client pull)"
-                          "\n\n" + datasets.table(results["datasets"]))
-            print(tables[-1], flush=True)
-        if "pixels" in wanted:
-            from bench import clean_pixels
-
-            results["pixels"] = clean_pixels.collection(Path(tmp) / "pixels")
-            tables.append("### pixels: a collection with and without Clean Pixel Data\n\n"
-                          + clean_pixels.collection_table(results["pixels"]))
+        # the other modules' figures: (name, title, module, its run and its table)
+        for name, title, module, run, table in (
+                ("compact", "stored originals against Orthanc's StorageCompression", "compaction", "run",
+                 "table"),
+                ("datasets", "a research collection read (CollectionDataset, dicomgw-client pull)",
+                 "datasets", "run", "table"),
+                ("pixels", "a collection with and without Clean Pixel Data", "clean_pixels", "collection",
+                 "collection_table")):
+            if name not in wanted:
+                continue
+            figures = importlib.import_module(f"bench.{module}")
+            results[name] = getattr(figures, run)(Path(tmp) / name)
+            tables.append(f"### {name}: {title}\n\n" + getattr(figures, table)(results[name]))
             print(tables[-1], flush=True)
         if "extras" in wanted:
             results["extras"] = extras(clinical.parts, Path(tmp))

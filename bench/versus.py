@@ -426,18 +426,25 @@ def run_embedded(corpus: Corpus, tmp: Path, env: dict[str, str] | None = None,
         return compare(corpus, gw, o, raw, tmp / "ohif" if ohif else None)
 
 
+def stack_config(tmp: Path) -> Any:
+    """A local stack's configuration on free ports, its run folder in ``tmp``."""
+    from dicomgw_gateway.stack import StackConfig, free_port
+
+    return StackConfig(
+        run_dir=tmp / "stack", port=free_port(), minio_port=free_port(), replica_port=free_port(),
+        redis_port=free_port(), postgres_port=free_port(), ingest_port=free_port(),
+        query_port=free_port(), retrieve_port=free_port(), worker_metrics_port=free_port(),
+        dimse_port=free_port(), minio_user="bench", minio_password="bench-secret-key")
+
+
 def run_stack(corpus: Corpus, tmp: Path, ohif: bool = False) -> dict[str, Any]:
     import subprocess
     import sys
 
     from dicomgw.config import StorageSettings
-    from dicomgw_gateway.stack import Stack, StackConfig, free_port
+    from dicomgw_gateway.stack import Stack
 
-    config = StackConfig(
-        run_dir=tmp / "stack", port=free_port(), minio_port=free_port(), replica_port=free_port(),
-        redis_port=free_port(), postgres_port=free_port(), ingest_port=free_port(),
-        query_port=free_port(), retrieve_port=free_port(), worker_metrics_port=free_port(),
-        dimse_port=free_port(), minio_user="bench", minio_password="bench-secret-key")
+    config = stack_config(tmp)
     stack = Stack(config)
     stack.up()
     try:
