@@ -133,8 +133,7 @@ def batched(targets: list[Target], rows: list[dict[str, Any]], archive: Archive,
     batch (where its first instance was), the others as they are."""
     by_series: dict[tuple[str, str], list[int]] = defaultdict(list)
     for index, row in enumerate(rows):
-        if targets[index].direct is None:  # straight from the store is faster still
-            by_series[(row["study_instance_uid"], row["series_instance_uid"])].append(index)
+        by_series[(row["study_instance_uid"], row["series_instance_uid"])].append(index)
     first: dict[int, SeriesBatch] = {}
     member: set[int] = set()
     for (study, series), indices in by_series.items():
