@@ -133,7 +133,10 @@ def batched(targets: list[Target], rows: list[dict[str, Any]], archive: Archive,
     batch (where its first instance was), the others as they are."""
     by_series: dict[tuple[str, str], list[int]] = defaultdict(list)
     for index, row in enumerate(rows):
-        by_series[(row["study_instance_uid"], row["series_instance_uid"])].append(index)
+        # a pull copies files: straight from the store, when the archive hands out its URLs, is the
+        # same work as copying them from it, and leaves the archive out of the way
+        if targets[index].direct is None:
+            by_series[(row["study_instance_uid"], row["series_instance_uid"])].append(index)
     first: dict[int, SeriesBatch] = {}
     member: set[int] = set()
     for (study, series), indices in by_series.items():
