@@ -399,7 +399,8 @@ def _deidentify_file(data: bytes, secret: bytes, options: Options, spool: Path,
     except Exception as exc:
         entry.excluded = f"the original could not be read: {type(exc).__name__}"
         return entry
-    cleaning = options.clean_pixels and "PixelData" in ds and (burned_in_candidate(ds) or candidate(ds))
+    # the cleaner's candidates: the profile's burned-in candidates, and more modalities that show text
+    cleaning = options.clean_pixels and "PixelData" in ds and candidate(ds)
     if burned_in_candidate(ds) and not cleaning:
         entry.excluded = f"burned-in text possible ({_burned_in_reason(ds)})"
         return entry

@@ -1,9 +1,11 @@
 """The middleware that turns each DICOMweb request into an audit event once its status is known.
 
 QIDO-RS searches are Query events, STOW-RS and WADO-RS DICOM Instances Transferred (C and R), a refused
-credential User Authentication (failure), a missing scope a Security Alert. Routes add the studies they
-touched that are not in the URL (STOW's stored studies, a search's results) to
-``request.state.audit_studies``. Health, readiness, metrics and CORS preflights are not audited.
+credential User Authentication (failure), a missing scope a Security Alert; a research collection's
+objects handed out by presigned URLs (``/collections/.../objects``) DICOM Instances Transferred (R). Routes
+add the studies they touched that are not in the URL (STOW's stored studies, a search's results, the
+objects a URL is handed out for) to ``request.state.audit_studies``, and what they did to
+``request.state.audit_detail``. Health, readiness, metrics and CORS preflights are not audited.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ def _event(request: Request, status: int, base_path: str) -> AuditEvent | None:
     if path.startswith(base_path + "/"):
         # a router's route keeps its own template; the base path is where it was mounted
         route = base_path + template
-    elif path.startswith("/admin/"):
-        route = template
+    elif path.startswith("/admin/") or (path.startswith("/collections/")
+                                         and hasattr(request.state, "audit_detail")):
+        route = template  # a collection's route is audited when it says what it handed out
     else:
         return None
     principal = getattr(request.state, "principal", None)
@@ -36,7 +39,7 @@ def _event(request: Request, status: int, base_path: str) -> AuditEvent | None:
     client = request.client.host if request.client else ""
     studies = list(dict.fromkeys([*filter(None, [request.path_params.get("study")]),
                                   *getattr(request.state, "audit_studies", ())]))[:MAX_STUDIES]
-    detail = getattr(request.state, "refusal", "")
+    detail = getattr(request.state, "refusal", "") or getattr(request.state, "audit_detail", "")
     common = {"who": who, "who_kind": kind, "source": client, "method": request.method,
               "route": route, "studies": tuple(studies), "detail": detail}
     if status == 401:

@@ -24,7 +24,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from dicomgw.audit import AuditEvent
 from dicomgw.auth import ADMIN, READ
 from dicomgw.collections import builder
 from dicomgw.errors import BadRequest, NotFound
@@ -125,16 +124,10 @@ async def collection_objects(version: str, request: Request, runtime: RuntimeDep
     if offset < 0 or not 1 <= limit <= 5000:
         raise BadRequest("offset is 0 or more, limit 1 to 5000")
     objects, total = await builder.direct_objects(runtime, name, number, offset=offset, limit=limit)
-    if runtime.settings.audit.enabled and objects:
-        principal = getattr(request.state, "principal", None)
-        runtime.audit.record(AuditEvent(
-            event="transferred", action="R", outcome=0, who=principal.name if principal else "unknown",
-            who_kind=principal.kind if principal else "unknown",
-            source=request.client.host if request.client else "", method="GET",
-            route="/collections/{partition}/versions/{version}/objects",
-            studies=tuple(dict.fromkeys(o["study_instance_uid"] for o in objects))[:1000],
-            detail=f"{sum(o['url'] is not None for o in objects)} presigned URLs of collection {name} "
-                   f"version {number}"))
+    # the audit middleware records the request with these (the URLs are as good as the objects)
+    request.state.audit_studies = list(dict.fromkeys(o["study_instance_uid"] for o in objects))
+    request.state.audit_detail = (f"{sum(o['url'] is not None for o in objects)} presigned URLs of "
+                                  f"collection {name} version {number}")
     return {"collection": name, "version": number, "total": total, "offset": offset,
             "expiresIn": runtime.settings.storage.presign_seconds, "objects": objects}
 
