@@ -422,6 +422,21 @@ def test_a_collection_on_the_stack_is_built_by_the_celery_tier(stack: Any, tmp_p
     assert len(objects) == 12 and all(o["url"].startswith(minio) for o in objects)
     got = httpx.get(objects[0]["url"], timeout=30)  # the URL is the credential: no token sent
     assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == objects[0]["sha256"]
+    # handing out the URLs is audited: who, which (pseudonymous) study, how many
+    study = objects[0]["study_instance_uid"]
+
+    def handed_out() -> list[dict[str, Any]]:
+        done = subprocess.run([str(DICOMGW), "audit", "--study", study, "--json"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [e for e in map(json.loads, done.stdout.splitlines())
+                if e["route"] == "/collections/{partition}/versions/{version}/objects"
+                and e["who"] == f"{collection}-reader"]
+
+    wait_for(lambda: bool(handed_out()), 30)
+    event = handed_out()[0]
+    assert (event["event"], event["action"], event["outcome"]) == ("transferred", "R", 0)
+    assert event["detail"] == f"12 presigned URLs of collection {collection} version 1"
     tampered = objects[0]["url"].replace("X-Amz-Signature=", "X-Amz-Signature=0")
     assert httpx.get(tampered, timeout=30).status_code == 403
     # and a training loop's dataset reads them from there too: no WADO-RS read of an instance at all
