@@ -41,7 +41,9 @@ def test_metrics_count_requests_outcomes_and_integrity(make_gateway) -> None:  #
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         text = _scrape(gw.root)
-        if _value(text, "dicomgw_originals", status="verified") == 4:
+        # both gauges are sampled by the status loop, not always in the same scrape
+        if _value(text, "dicomgw_originals", status="verified") == 4 and \
+                _value(text, "dicomgw_outbox_depth", task="verify") == 0:
             break
         time.sleep(0.2)
     assert _value(text, "dicomgw_stow_instances_total", outcome="stored", reason="") == 3
