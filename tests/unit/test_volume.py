@@ -156,3 +156,35 @@ def test_a_series_in_three_planes_is_three_stacks_and_frames_without_place_are_l
     stacks, irregular = _stack([*axial, *sagittal, unplaced])
     assert sorted(len(s.frames) for s in stacks) == [3, 4]
     assert len(irregular) == 1 and "no position" in irregular[0].reason and len(irregular[0].frames) == 3
+
+
+@pytest.mark.parametrize(("bits", "stored", "signed", "frames", "syntax"), [
+    (16, 16, 0, 1, "1.2.840.10008.1.2.1"), (16, 12, 0, 1, "1.2.840.10008.1.2.1"),
+    (16, 12, 1, 1, "1.2.840.10008.1.2.1"), (16, 16, 1, 3, "1.2.840.10008.1.2"),
+    (8, 8, 0, 2, "1.2.840.10008.1.2.1"), (8, 6, 1, 1, "1.2.840.10008.1.2"),
+    (32, 32, 1, 1, "1.2.840.10008.1.2.1"), (32, 24, 0, 2, "1.2.840.10008.1.2.1"),
+])
+def test_the_native_reader_gives_pydicom_s_values(bits: int, stored: int, signed: int, frames: int,
+                                                  syntax: str) -> None:
+    """Uncompressed grey frames are read straight from Pixel Data: the values pydicom's pixel_array
+    gives, whatever the unused high bits hold (random bytes here: cleared, or the sign extended)."""
+    from pydicom.pixels.utils import pixel_array
+
+    rows, columns = 5, 7
+    ds = Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.update({"Rows": rows, "Columns": columns, "BitsAllocated": bits, "BitsStored": stored,
+               "HighBit": stored - 1, "PixelRepresentation": signed, "SamplesPerPixel": 1,
+               "PhotometricInterpretation": "MONOCHROME2"})
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = np.random.default_rng(bits + stored + signed).bytes(rows * columns * bits // 8 * frames)
+    for index in range(frames):
+        fast = volume._native_frame(ds, index)
+        assert fast is not None
+        expected = pixel_array(ds, index=index)
+        assert fast.dtype == expected.dtype and np.array_equal(fast, expected)
+    # what it does not read is left to pydicom
+    ds.PhotometricInterpretation = "RGB"
+    assert volume._native_frame(ds, 0) is None

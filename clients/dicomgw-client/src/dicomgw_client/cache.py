@@ -44,13 +44,27 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """``data`` at ``path``, whole or not at all (a temporary file in the same folder, renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _temporary(path: Path, data: bytes) -> str:
+    """``data`` in a new temporary file next to ``path`` (whose folder is made): its name."""
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return temporary
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, whole or not at all (a temporary file in the same folder, renamed)."""
+    temporary = _temporary(path, data)
+    try:
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -102,17 +116,27 @@ class Cache:
         if not objects:
             return
         paths = [self.path(sha256) for sha256, _ in objects]
-        with self.lock():
-            added = 0
+        # the bytes are written before the lock is taken: under it, only renames and the running total
+        written: list[tuple[Path, str, int]] = []
+        try:
             for path, (_, data) in zip(paths, objects, strict=True):
-                existed = path.exists()
-                write_atomic(path, data)
-                if not existed:
-                    added += len(data)
-            if added:
-                total = self._add_size(added)
-                if self.max_bytes is not None and total > self.max_bytes:
-                    self._evict(keep=set(paths))
+                written.append((path, _temporary(path, data), len(data)))
+            with self.lock():
+                added = 0
+                while written:
+                    path, temporary, size = written.pop()
+                    existed = path.exists()
+                    os.replace(temporary, path)
+                    if not existed:
+                        added += size
+                if added:
+                    total = self._add_size(added)
+                    if self.max_bytes is not None and total > self.max_bytes:
+                        self._evict(keep=set(paths))
+        finally:
+            for _, temporary, _ in written:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
 
     def __contains__(self, sha256: str) -> bool:
         return self.path(sha256).is_file()

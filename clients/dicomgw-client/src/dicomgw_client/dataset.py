@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pydicom
@@ -55,7 +54,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from dicomgw_client import volume
-from dicomgw_client.api import SERIES_REQUEST_MIN, Archive
+from dicomgw_client.api import SERIES_REQUEST_MIN, Archive, DirectURLs
 from dicomgw_client.cache import Cache, sha256_hex
 from dicomgw_client.errors import ArchiveError, ArchiveUnreachable, GeometryError, IntegrityError
 
@@ -154,9 +153,9 @@ class CollectionDataset:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
         # presigned URLs of the objects in the archive's store, asked for when something is first fetched
-        self._direct: dict[str, str] | None = None
         try:
             self.version, manifest = self._manifest(version)
+            self._direct = DirectURLs(self.archive, collection, self.version)
             self.rows = select(manifest, where)
             self._by_sop = {r["sop_instance_uid"]: r for r in self.rows}
             self._shas = frozenset(r["sha256"] for r in self.rows)
@@ -372,41 +371,34 @@ class CollectionDataset:
     def _fetch_direct(self, row: dict[str, Any]) -> bytes | None:
         """The object straight from the archive's store by its presigned URL, checked and cached; None
         when the store did not give it (then WADO-RS)."""
-        assert self._direct is not None
-        try:
-            answer = self.archive.direct_client.get(self._direct[row["sop_instance_uid"]])
-        except httpx.TransportError:
-            return None
-        if answer.status_code != 200:
+        url = self._direct.get(row["sop_instance_uid"])
+        data = self.archive.store.get(url) if url is not None else None
+        if data is None:
             return None
         try:
-            self.cache.put(row["sha256"], answer.content)
+            self.cache.put(row["sha256"], data)
         except IntegrityError:
             return None
-        return answer.content
+        return data
 
     def _fetch_missing(self, rows: list[dict[str, Any]]) -> dict[str, bytes]:
-        """Fetched, checked and cached: with one request for a series when at least SERIES_REQUEST_MIN
-        of its objects are missing and they are at least half of it; the others, and what a series'
-        answer lacked or had other bytes of, one by one (concurrently): straight from the archive's
-        store where it hands out presigned URLs, else one WADO-RS request each. (Measured on one 2-core
-        machine, a series in one streamed answer costs the client less than its objects one by one,
-        from either.)"""
-        by_series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        for row in rows:
-            by_series[(row["study_instance_uid"], row["series_instance_uid"])].append(row)
-        whole = [group for (_, series), group in by_series.items()
-                 if len(group) >= SERIES_REQUEST_MIN and 2 * len(group) >= self._series_sizes[series]]
+        """Fetched, checked and cached, concurrently: straight from the archive's store where it hands
+        out presigned URLs (no archive process touches the bytes); else with one WADO-RS request for a
+        series when at least SERIES_REQUEST_MIN of its objects are missing and they are at least half of
+        it; what is left (or came with other bytes), one WADO-RS request each."""
         out: dict[str, bytes] = {}
-        for got in self._pool_map(self._fetch_series, whole):
-            out.update(got)
-        left = [row for row in rows if row["sha256"] not in out]
-        if left and self._direct is None:
-            self._direct = self.archive.direct_urls(self.collection, self.version)
-        straight = [row for row in left if row["sop_instance_uid"] in (self._direct or {})]
+        straight = [row for row in rows if self._direct.get(row["sop_instance_uid"]) is not None]
         for row, data in zip(straight, self._pool_map(self._fetch_direct, straight), strict=True):
             if data is not None:
                 out[row["sha256"]] = data
+        left = [row for row in rows if row["sha256"] not in out]
+        by_series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for row in left:
+            by_series[(row["study_instance_uid"], row["series_instance_uid"])].append(row)
+        whole = [group for (_, series), group in by_series.items()
+                 if len(group) >= SERIES_REQUEST_MIN and 2 * len(group) >= self._series_sizes[series]]
+        for got in self._pool_map(self._fetch_series, whole):
+            out.update(got)
         left = [row for row in left if row["sha256"] not in out]
         for row, data in zip(left, self._pool_map(self._fetch, left), strict=True):
             out[row["sha256"]] = data
