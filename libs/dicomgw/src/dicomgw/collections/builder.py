@@ -17,6 +17,8 @@ or not) and built in versions. Each version runs as outbox work, in steps of bou
    out), and is in state ``review`` meanwhile;
 3. *finish*: the manifest (CSV and Parquet) of every instance up to this version, the report, and the
    NIfTI volumes when asked are written next to the partition's objects; the version is complete.
+   Each series' geometry flag in the manifest is planned then, over the frames of all its instances
+   (stored per item when it was de-identified), by the planner the client's dataset uses.
 
 A crash anywhere leaves the outbox row in place: the step runs again, and what it redoes comes out
 the same (pseudonyms and bytes are deterministic, the index takes an identical instance as present).
@@ -38,7 +40,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ from dicomgw.originals import Copy
 from dicomgw.partitions import check_name
 from dicomgw.runtime import Runtime
 from dicomgw.storage import partition_prefix
+from dicomgw_client import volume
 
 log = logging.getLogger("dicomgw.collections")
 
@@ -334,6 +337,7 @@ class _Prepared:
     row: manifest.ManifestRow | None = None
     excluded: str = ""
     pixels: str = ""  # what Clean Pixel Data did (JSON), when it looked
+    frames: str | None = None  # the geometry of its frames (JSON, see _frames_json)
     held: bytes | None = None  # a cleaned file held for review, not stored yet
 
 
@@ -415,6 +419,7 @@ def _deidentify_file(data: bytes, secret: bytes, options: Options, spool: Path,
     blob = buffer.getvalue()
     relative = f"{out.StudyInstanceUID}/{out.SeriesInstanceUID}/{out.SOPInstanceUID}.dcm"
     entry.row = manifest.row_for(out, blob, relative)
+    entry.frames = _frames_json(out)
     if cleaning and hold:
         entry.held = blob
     else:
@@ -458,7 +463,8 @@ async def _build(runtime: Runtime, collection: Collection, version: int, review:
         if hashlib.sha256(blob).digest() != bytes(item.sha256):
             raise RuntimeError(f"a reviewed image does not match its SHA-256 ({item.sop_instance_uid})")
         return _Prepared(item, part=await asyncio.to_thread(_spool, blob, spool, index),
-                         row=manifest.ManifestRow(**json.loads(item.row_json)), pixels=item.pixels_json)
+                         row=manifest.ManifestRow(**json.loads(item.row_json)), pixels=item.pixels_json,
+                         frames=item.frames_json)
 
     async def prepare(index: int, item: CollectionItem) -> _Prepared | None:
         async with limit:
@@ -515,7 +521,8 @@ async def _build(runtime: Runtime, collection: Collection, version: int, review:
                               series_instance_uid=entry.row.series_instance_uid,
                               sop_instance_uid=entry.row.sop_instance_uid,
                               sha256=bytes.fromhex(entry.row.sha256),
-                              row_json=json.dumps(asdict(entry.row), separators=(",", ":")))
+                              row_json=json.dumps(asdict(entry.row), separators=(",", ":")),
+                              frames_json=entry.frames)
             values["pixels_json"] = entry.pixels
             await session.execute(update(CollectionItem).where(
                 CollectionItem.collection == collection.name,
@@ -601,7 +608,7 @@ async def _finish(runtime: Runtime, collection: Collection, version: int) -> Non
         items = (await session.execute(
             select(CollectionItem).where(CollectionItem.collection == collection.name,
                                          CollectionItem.version <= version))).scalars().all()
-    rows = [manifest.ManifestRow(**json.loads(i.row_json)) for i in items if i.state == "done"]
+    rows = await asyncio.to_thread(_rows_with_geometry, [i for i in items if i.state == "done"])
     excluded = [i for i in items if i.state == "excluded"]
     secret = bytes(collection.secret)
     files: dict[str, bytes] = {}
@@ -642,6 +649,73 @@ async def _finish(runtime: Runtime, collection: Collection, version: int) -> Non
     await _set_version(runtime, collection.name, version, state="complete", finished_at=datetime.now(UTC),
                        instances=sum(i.state == "done" for i in new),
                        excluded=sum(i.state == "excluded" for i in new), detail="")
+
+
+def _frames_json(ds: pydicom.Dataset) -> str | None:
+    """The geometry of the frames of a de-identified instance, kept with its item until the version is
+    finished (a series' flag needs all its frames, and the manifest rows hold only the first frame's):
+    per frame, the values of ``volume.Frame``'s fields in their order. None when it cannot be read:
+    the series' flag is then unknown, and the instance is published all the same."""
+    try:
+        frames = volume.frames_of(ds)
+    except Exception:
+        log.exception("the geometry of a de-identified instance could not be read")
+        return None
+    return json.dumps([astuple(f) for f in frames], separators=(",", ":"))
+
+
+_FRAME_FIELDS = [f.name for f in fields(volume.Frame)]
+
+
+def _frames(text: str | None) -> list[volume.Frame] | None:
+    """The frames ``_frames_json`` stored; None when none were (an item built before they were), or they
+    no longer fit ``volume.Frame``."""
+    if not text:
+        return None
+    try:
+        return [volume.Frame(**{name: tuple(value) if isinstance(value, list) else value
+                                for name, value in zip(_FRAME_FIELDS, values, strict=True)})
+                for values in json.loads(text)]
+    except (TypeError, ValueError):
+        return None
+
+
+def _geometry(frames: list[volume.Frame]) -> tuple[str, str]:
+    """A series' flag and its detail, from the client's plan of all its frames (CollectionDataset
+    yields one item per stack and skips what is irregular: the flag says what it will do)."""
+    stacks, irregular = volume.plan(frames)
+    if not irregular:
+        return ("volume", "") if len(stacks) == 1 else ("stacks", f"{len(stacks)} regular stacks")
+    # frames that cannot be placed are planned apart, as one group: when that group is all there is,
+    # nothing of the series is a volume (one frame that can be placed alone makes a stack of one)
+    if not stacks and len(irregular) == 1 and not volume.plan(irregular[0].frames[:1])[0]:
+        return "2d", ""
+    concerned = Counter[str]()
+    for group in irregular:
+        concerned[group.reason] += len(group.frames)
+    return "irregular", "; ".join(f"{n} frames: {reason}" for reason, n in sorted(concerned.items()))
+
+
+def _rows_with_geometry(items: Sequence[CollectionItem]) -> list[manifest.ManifestRow]:
+    """The manifest rows of done items, each with its series' geometry flag; "" for a series of which
+    an item has no frames stored. Frames are planned in the manifest's order, as the dataset plans
+    them, so that what is built again comes out the same."""
+    rows = sorted(((manifest.ManifestRow(**json.loads(i.row_json)), i) for i in items),
+                  key=lambda pair: pair[0].path)
+    frames: dict[str, list[volume.Frame]] = defaultdict(list)
+    unknown: set[str] = set()
+    for row, item in rows:
+        stored = _frames(item.frames_json)
+        if stored is None:
+            unknown.add(row.series_instance_uid)
+        else:
+            frames[row.series_instance_uid].extend(stored)
+    flags = {uid: _geometry(f) for uid, f in frames.items() if uid not in unknown}
+    out = []
+    for row, _ in rows:
+        geometry, detail = flags.get(row.series_instance_uid, ("", ""))
+        out.append(replace(row, geometry=geometry, geometry_detail=detail))
+    return out
 
 
 def _redactions(items: Sequence[CollectionItem]) -> tuple[dict[str, Any], bytes]:

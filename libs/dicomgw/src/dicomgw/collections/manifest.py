@@ -1,9 +1,13 @@
 """A collection's manifest: one row per de-identified instance, as CSV and Parquet, and its check.
 
 What an AI pipeline needs to select and load data without opening every file: pseudonymous patient,
-study, series and instance identifiers, modality, body part, series description, geometry, and the
-SHA-256 of the de-identified object (so a download can be verified file by file). The SHA-256 of the
-original it came from is lineage, kept by the archive for its administrators, never in a manifest.
+study, series and instance identifiers, modality, body part, series description, geometry, the
+SHA-256 of the de-identified object (so a download can be verified file by file), and whether the
+series is one regular volume. The SHA-256 of the original it came from is lineage, kept by the archive
+for its administrators, never in a manifest.
+
+Columns are only ever added at the end, each with a default: rows stored by an older build (JSON in
+``collection_items.row_json``) still load, and readers that index columns by position keep working.
 """
 
 from __future__ import annotations
@@ -39,6 +43,15 @@ class ManifestRow:
     pixel_spacing: str  # row\column spacing in mm, as DICOM writes it
     slice_thickness: str
     sha256: str  # of the de-identified file
+    # of the first frame, as DICOM writes them (an enhanced object's from its functional groups)
+    image_position_patient: str = ""
+    image_orientation_patient: str = ""
+    # the series' flag, the same on each of its rows: what the client's planner (dicomgw_client.volume)
+    # makes of all its frames, so that the flag and CollectionDataset agree: "volume" (one regular
+    # stack), "stacks" (several, nothing irregular), "irregular" (some frames in no regular stack), "2d"
+    # (no frame can be placed), "" (not known: an item built before the flag existed)
+    geometry: str = ""
+    geometry_detail: str = ""  # how many stacks, or why frames are irregular and how many
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -50,6 +63,21 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value)
 
 
+def _first_frame(ds: Dataset, sequence: str, keyword: str) -> str:
+    """``keyword`` of the first frame: its per-frame functional group, then the shared one, then the
+    top level. The top-level position is a multi-frame object's first frame only when it has one frame
+    (as the planner reads it): otherwise its frames have no position of their own."""
+    for groups in (ds.get("PerFrameFunctionalGroupsSequence"), ds.get("SharedFunctionalGroupsSequence")):
+        if not groups or sequence not in groups[0]:
+            continue
+        items = groups[0][sequence].value
+        if items and keyword in items[0]:
+            return _text(items[0], keyword)
+    if keyword == "ImagePositionPatient" and int(ds.get("NumberOfFrames") or 1) != 1:
+        return ""
+    return _text(ds, keyword)
+
+
 def row_for(ds: Dataset, data: bytes, path: str) -> ManifestRow:
     """The manifest row of one de-identified instance whose file bytes are ``data``."""
     return ManifestRow(
@@ -59,7 +87,9 @@ def row_for(ds: Dataset, data: bytes, path: str) -> ManifestRow:
         body_part_examined=_text(ds, "BodyPartExamined"), series_description=_text(ds, "SeriesDescription"),
         rows=int(ds.get("Rows", 0) or 0), columns=int(ds.get("Columns", 0) or 0),
         frames=int(ds.get("NumberOfFrames", 1) or 1), pixel_spacing=_text(ds, "PixelSpacing"),
-        slice_thickness=_text(ds, "SliceThickness"), sha256=hashlib.sha256(data).hexdigest())
+        slice_thickness=_text(ds, "SliceThickness"), sha256=hashlib.sha256(data).hexdigest(),
+        image_position_patient=_first_frame(ds, "PlanePositionSequence", "ImagePositionPatient"),
+        image_orientation_patient=_first_frame(ds, "PlaneOrientationSequence", "ImageOrientationPatient"))
 
 
 def write(rows: list[ManifestRow], folder: Path) -> tuple[Path, Path]:

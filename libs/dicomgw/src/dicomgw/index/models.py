@@ -332,5 +332,9 @@ class CollectionItem(Base):
     # what Clean Pixel Data did (JSON: status, boxes per frame, whole frames, passes, rules version);
     # empty when the pixels were not looked at
     pixels_json: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # the geometry of the de-identified instance's frames (JSON: per frame, the fields of
+    # dicomgw_client.volume.Frame), from which the manifest's series flag is planned; null for items
+    # built before it was kept (their series' flag is unknown)
+    frames_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_collection_items_state", "collection", "state"),)
