@@ -10,8 +10,9 @@ dictionary transforms index, without this package importing torch.
   along the slice normal (never by file name or InstanceNumber). A series of several stacks (localizers
   in three planes, radial slices) gives one item per stack. A group that is not a regular volume
   (a gap, unequal spacing, several frames at one position, frames without a position) is skipped and
-  listed in ``skipped`` with the reason: never resampled, never a silently wrong volume. The manifest
-  has no geometry flag; this planning is the client's.
+  listed in ``skipped`` with the reason: never resampled, never a silently wrong volume. The manifest's
+  ``geometry`` column is the archive's run of the same planner (``volume``) over the series, so
+  ``where={"geometry": "volume"}`` selects before anything is fetched.
 - ``level="instance"``: one item per frame (a single-frame instance is one item, a multi-frame one as
   many as it has frames), a 2D image in display layout ``image[row, column]``.
 
@@ -22,12 +23,14 @@ slice by slice as NIfTI keeps it (Fortran order for a grey volume: no transposed
 where an instance has no geometry) and ``meta`` (the manifest row; for a stack, the series' columns as
 values and the instance columns as lists in slice order, with ``frame``, ``stack`` and ``stacks``).
 
-Objects come through a verified cache (``cache.Cache``): fetched once with WADO-RS as stored (with one
-request for a series when at least ``api.SERIES_REQUEST_MIN`` of its objects, and half of them, are
-missing; else one request per instance, concurrently), checked against the manifest's SHA-256, decoded
-here (pydicom with the pylibjpeg codecs). Iterating fetches the next item's objects while the current
-one is decoded. A second epoch, and a later run of a pinned ``version``, send no request at all; with
-``version=None`` and the archive out of reach, the latest version cached is used.
+Objects come through a verified cache (``cache.Cache``): fetched once as stored, checked against the
+manifest's SHA-256, decoded here (pydicom with the pylibjpeg codecs; uncompressed frames straight from
+their bytes). Where the archive hands out presigned URLs of its store, objects are read from there,
+concurrently; else with WADO-RS (one request for a series when at least ``api.SERIES_REQUEST_MIN`` of
+its objects, and half of them, are missing; else one request per instance, concurrently). Iterating
+fetches the next item's objects while the current one is decoded. A second epoch, and a later run of a
+pinned ``version``, send no request at all; with ``version=None`` and the archive out of reach, the
+latest version cached is used.
 
 Worker processes (fork or spawn) each open their own HTTP client and thread pool on first use: the
 pickled dataset holds no connection.
@@ -67,7 +70,7 @@ PLAN_FORMAT = "dicomgw-client stacks 1"
 KEEP_BYTES = 8 << 20
 # manifest columns that are the series' (values in a stack's meta); every other one is per instance
 SERIES_COLUMNS = ("patient_id", "study_instance_uid", "series_instance_uid", "modality",
-                  "body_part_examined", "series_description")
+                  "body_part_examined", "series_description", "geometry", "geometry_detail")
 # what planning reads of the metadata: the rest of each instance's DICOM JSON is left unparsed
 _PLAN_KEYWORDS = ("SOPInstanceUID", "Rows", "Columns", "SamplesPerPixel", "NumberOfFrames",
                   "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",

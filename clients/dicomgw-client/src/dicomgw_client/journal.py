@@ -3,9 +3,10 @@
 ``DEST/.dicomgw-pull/verified.jsonl``, one JSON object a line: a file's path, its SHA-256 and the size,
 modification and change times (ns) it had when verified; or the SHA-256 a NIfTI file had when it was
 fetched, by archive, collection, version and file (no published listing carries one). Lines are
-appended as files are verified (a line cut short by a kill is ignored) and the file is rewritten whole
-when a pull starts and ends. A record is trusted only while the file's size and times are the recorded
-ones: the change time too, which a tool that puts a modification time back cannot set.
+appended as files are verified, buffered (a line cut short by a kill is ignored; a file whose line was
+lost is hashed again), and the file is rewritten whole when a pull starts and ends. A record is
+trusted only while the file's size and times are the recorded ones: the change time too, which a tool
+that puts a modification time back cannot set.
 """
 
 from __future__ import annotations
@@ -97,9 +98,10 @@ class Journal:
             self._append({"volume": list(key), "sha256": sha256})
 
     def _append(self, entry: dict[str, Any]) -> None:
+        # buffered (written every few dozen lines, and at close): a kill loses at most those lines,
+        # and their files are then hashed again, not fetched
         assert self._out is not None
         self._out.write(json.dumps(entry) + "\n")
-        self._out.flush()
 
     def close(self, dest: Path) -> None:
         """Keep the records of files still as they were; the rest is forgotten."""

@@ -255,6 +255,7 @@ class _Pull:
         self.tmp = self.state / "tmp"
         self.stop = threading.Event()
         self.journal: Journal | None = None
+        self._folders: set[Path] = set()  # made by this pull (or found there)
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[None]:
@@ -275,6 +276,13 @@ class _Pull:
                 shutil.rmtree(self.tmp, ignore_errors=True)
 
     # ---- one file -------------------------------------------------------------------------------------
+    def folder(self, path: Path) -> None:
+        """``path`` made (with its parents) unless this pull already has: a pull of thousands of files
+        in a few folders need not ask the file system each time."""
+        if path not in self._folders:
+            path.mkdir(parents=True, exist_ok=True)
+            self._folders.add(path)
+
     def place(self, data: bytes, relative: str) -> None:
         """``data`` at ``dest/relative``, whole or not at all."""
         fd, temporary = tempfile.mkstemp(dir=self.tmp, suffix=".part")
@@ -282,7 +290,7 @@ class _Pull:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
             final = self.dest / relative
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self.folder(final.parent)
             os.replace(temporary, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -414,7 +422,7 @@ class _Pull:
                 return  # an instance of the series this version does not have, or not as stored
             target = targets.pop()
             final = self.dest / target.path
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self.folder(final.parent)
             os.replace(temporary, final)
         except OSError:
             return  # this file's place (a folder there, no permission): said by its own request
@@ -437,7 +445,7 @@ class _Pull:
             if target.sha256 is None:
                 check_volume(temporary, target.path)
             final = self.dest / target.path
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self.folder(final.parent)
             os.replace(temporary, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
