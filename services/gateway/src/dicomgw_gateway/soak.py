@@ -144,8 +144,10 @@ def _uids(items: Any, tag: str) -> list[tuple[str, int | None]]:
 class Load:
     """The mixed load of the soak: forwarders, readers and a DIMSE client, each with a ledger."""
 
-    def __init__(self, stack: Stack, headers: dict[str, str], ledger: Ledger, seed: int) -> None:
+    def __init__(self, stack: Stack, headers: dict[str, str], ledger: Ledger, seed: int,
+                 pace: float = 0.0) -> None:
         self.stack = stack
+        self.pace = pace  # seconds each forwarder waits between studies (0: back to back)
         self.url = stack.config.url
         self.ledger = ledger
         self.rng = random.Random(seed)
@@ -224,6 +226,8 @@ class Load:
         while not self.stopping.is_set():
             pending = self._record(self._study(name), "stow")
             await self.forward(pending, time.monotonic() + 600)
+            if self.pace:
+                await self._pause(self.pace)
 
     async def reader(self) -> None:
         """QIDO-RS and WADO-RS of what has been acknowledged: every answer must be a success or a
@@ -536,13 +540,14 @@ async def _status(http: httpx.AsyncClient, config: StackConfig) -> dict[str, Any
 
 
 async def run(stack: Stack, *, seconds: float, plan: list[list[str]] | None = None, rounds: int = 3,
-              fault_seconds: float = 8, seed: int = 0, forwarders: int = 3,
+              fault_seconds: float = 8, seed: int = 0, forwarders: int = 3, pace: float = 0.0,
               say: Callable[[str], None] = print) -> Report:
-    """Load, faults (``plan``, or ``rounds`` random rounds), then the audit."""
+    """Load, faults (``plan``, or ``rounds`` random rounds), then the audit. ``pace``: seconds each
+    forwarder waits between studies (a lighter load leaves a shorter backlog to audit)."""
     config = stack.config
     headers = {"Authorization": f"Bearer {await asyncio.to_thread(create_key, config)}"}
     ledger = Ledger()
-    load = Load(stack, headers, ledger, seed)
+    load = Load(stack, headers, ledger, seed, pace)
     rng = random.Random(seed)
     faults = Faults(stack, fault_seconds)
     catalogue = faults.catalogue()
@@ -721,7 +726,7 @@ async def _sweep_orphans(stack: Stack) -> dict[str, int]:
 
 
 def soak(seconds: float, rounds: int, fault_seconds: float, seed: int, keep: Path | None = None,
-         plan: list[list[str]] | None = None, forwarders: int = 3,
+         plan: list[list[str]] | None = None, forwarders: int = 3, pace: float = 0.0,
          say: Callable[[str], None] = print) -> Report:
     """Start a stack, soak it, audit, stop it."""
     # the C-STORE client's association chatter (and its refused associations while dimse restarts)
@@ -741,7 +746,8 @@ def soak(seconds: float, rounds: int, fault_seconds: float, seed: int, keep: Pat
     try:
         tell(f"load for {seconds:.0f} s, faults from seed {seed}")
         report = asyncio.run(run(stack, seconds=seconds, plan=plan, rounds=rounds,
-                                 fault_seconds=fault_seconds, seed=seed, forwarders=forwarders, say=tell))
+                                 fault_seconds=fault_seconds, seed=seed, forwarders=forwarders, pace=pace,
+                                 say=tell))
         progress.write("\n".join(report.lines()) + "\n")
         return report
     finally:
