@@ -372,15 +372,12 @@ class CollectionDataset:
         return out
 
     def _fetch_direct(self, row: dict[str, Any]) -> bytes | None:
-        """The object straight from the archive's store by its presigned URL, checked and cached; None
-        when the store did not give it (then WADO-RS)."""
+        """The object straight from the archive's store by its presigned URL, checked against the
+        manifest (cached by the caller, all at once); None when the store did not give it (then
+        WADO-RS)."""
         url = self._direct.get(row["sop_instance_uid"])
         data = self.archive.store.get(url) if url is not None else None
-        if data is None:
-            return None
-        try:
-            self.cache.put(row["sha256"], data)
-        except IntegrityError:
+        if data is None or sha256_hex(data) != row["sha256"]:
             return None
         return data
 
@@ -394,6 +391,8 @@ class CollectionDataset:
         for row, data in zip(straight, self._pool_map(self._fetch_direct, straight), strict=True):
             if data is not None:
                 out[row["sha256"]] = data
+        # cached under one lock: a lock per object kept the fetching threads waiting on each other
+        self.cache.put_many(list(out.items()), checked=True)
         left = [row for row in rows if row["sha256"] not in out]
         by_series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for row in left:
