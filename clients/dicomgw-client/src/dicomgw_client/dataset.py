@@ -77,6 +77,27 @@ _PLAN_KEYWORDS = ("SOPInstanceUID", "Rows", "Columns", "SamplesPerPixel", "Numbe
                   "SpacingBetweenSlices", "FrameOfReferenceUID", "EchoNumbers", "TemporalPositionIndex",
                   "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
 _PLAN_TAGS = frozenset(f"{tag_for_keyword(k):08X}" for k in _PLAN_KEYWORDS)
+_TAG_OF = {k: f"{tag_for_keyword(k):08X}" for k in _PLAN_KEYWORDS}
+_FUNCTIONAL_GROUPS = frozenset(_TAG_OF[k] for k in ("SharedFunctionalGroupsSequence",
+                                                    "PerFrameFunctionalGroupsSequence"))
+
+
+class _JsonAttributes:
+    """The planning attributes of an instance without functional groups (most of them), read straight
+    from its DICOM JSON as ``volume.frames_of`` reads a dataset: a value, or a list when there are
+    several. pydicom's ``Dataset.from_json`` of the same cost more than the rest of planning."""
+
+    __slots__ = ("_entry",)
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self._entry = entry
+
+    def get(self, key: str, default: Any = None) -> Any:
+        element = self._entry.get(_TAG_OF.get(key, ""))
+        values = element.get("Value") if element else None
+        if not values:
+            return default
+        return values[0] if len(values) == 1 else values
 
 
 def default_cache_dir() -> Path:
@@ -302,16 +323,18 @@ class CollectionDataset:
         key = sha256_hex("\n".join([PLAN_FORMAT, *sorted(r["sha256"] for r in rows)]).encode())
         return f"stacks/{key[:2]}/{key}.json"
 
-    def _study_metadata(self, study: str) -> dict[str, Dataset]:
-        """The instances of a study in the collection's partition, as datasets of what planning reads."""
-        out = {}
+    def _study_metadata(self, study: str) -> dict[str, volume.Attributes]:
+        """The instances of a study in the collection's partition, as what planning reads."""
+        out: dict[str, volume.Attributes] = {}
         for entry in self.archive.study_metadata(self.collection, study):
             kept = {tag: value for tag, value in entry.items() if tag in _PLAN_TAGS}
-            ds = Dataset.from_json(kept, bulk_data_uri_handler=lambda tag, vr, uri: b"")
+            ds: volume.Attributes = (
+                Dataset.from_json(kept, bulk_data_uri_handler=lambda tag, vr, uri: b"")
+                if _FUNCTIONAL_GROUPS & kept.keys() else _JsonAttributes(kept))
             out[str(ds.get("SOPInstanceUID", ""))] = ds
         return out
 
-    def _plan(self, rows: list[dict[str, Any]], metadata: dict[str, Dataset]) -> dict[str, Any]:
+    def _plan(self, rows: list[dict[str, Any]], metadata: dict[str, volume.Attributes]) -> dict[str, Any]:
         frames = []
         for row in rows:
             ds = metadata.get(row["sop_instance_uid"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -109,14 +109,21 @@ def _group_value(groups: Sequence[Dataset | None], sequence: str, keyword: str) 
     return None
 
 
-def _functional_groups(ds: Dataset, index: int) -> list[Dataset | None]:
+class Attributes(Protocol):
+    """What ``frames_of`` reads of an instance: attributes by keyword (a pydicom Dataset, or a lighter
+    view of its DICOM JSON)."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+
+def _functional_groups(ds: Attributes, index: int) -> list[Dataset | None]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared = ds.get("SharedFunctionalGroupsSequence")
     return [per_frame[index] if per_frame is not None and index < len(per_frame) else None,
             shared[0] if shared else None]
 
 
-def frames_of(ds: Dataset) -> list[Frame]:
+def frames_of(ds: Attributes) -> list[Frame]:
     """The frames of an instance with their geometry: per-frame functional groups first, then shared
     ones, then the top-level attributes. A multi-frame object without per-frame positions gets none (its
     frames cannot be placed), a single frame the instance's own."""
