@@ -394,12 +394,12 @@ class CollectionDataset:
             out.update(self._fetch_missing(missing))
         return out
 
-    def _fetch_direct(self, row: dict[str, Any]) -> bytes | None:
-        """The object straight from the archive's store by its presigned URL, checked against the
-        manifest (cached by the caller, all at once); None when the store did not give it (then
+    def _fetch_direct(self, wanted: tuple[dict[str, Any], str]) -> bytes | None:
+        """The object of a row straight from the archive's store by its presigned URL, checked against
+        the manifest (cached by the caller, all at once); None when the store did not give it (then
         WADO-RS)."""
-        url = self._direct.get(row["sop_instance_uid"])
-        data = self.archive.store.get(url) if url is not None else None
+        row, url = wanted
+        data = self.archive.store.get(url)
         if data is None or sha256_hex(data) != row["sha256"]:
             return None
         return data
@@ -410,8 +410,8 @@ class CollectionDataset:
         series when at least SERIES_REQUEST_MIN of its objects are missing and they are at least half of
         it; what is left (or came with other bytes), one WADO-RS request each."""
         out: dict[str, bytes] = {}
-        straight = [row for row in rows if self._direct.get(row["sop_instance_uid"]) is not None]
-        for row, data in zip(straight, self._pool_map(self._fetch_direct, straight), strict=True):
+        straight = [(row, url) for row in rows if (url := self._direct.get(row["sop_instance_uid"]))]
+        for (row, _), data in zip(straight, self._pool_map(self._fetch_direct, straight), strict=True):
             if data is not None:
                 out[row["sha256"]] = data
         # cached under one lock: a lock per object kept the fetching threads waiting on each other
