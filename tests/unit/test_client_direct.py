@@ -19,12 +19,18 @@ OBJECT = bytes(range(256)) * 4000
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # connections kept alive
+    peers: set[tuple[str, int]] = set()
+
     def do_GET(self) -> None:
-        if self.path == "/object":
+        self.peers.add(self.client_address)
+        if self.path in ("/object", "/object-then-drop"):
             self.send_response(200)
             self.send_header("Content-Length", str(len(OBJECT)))
             self.end_headers()
             self.wfile.write(OBJECT)
+            # an idle kept-alive connection the store closes (its idle timeout), unannounced
+            self.close_connection = self.path == "/object-then-drop"
         elif self.path == "/short":  # the connection drops before the length said is sent
             self.send_response(200)
             self.send_header("Content-Length", str(len(OBJECT)))
@@ -68,6 +74,19 @@ def test_a_store_read_is_the_object_only_when_whole(server: str) -> None:
         store.read_into(f"{server}/object", io.BytesIO(), each_chunk=lambda: (_ for _ in ()).throw(
             KeyboardInterrupt()))
     assert store.get(f"{server}/object") == OBJECT  # and the connections still serve
+    store.close()
+
+
+def test_a_store_reuses_its_connections_and_replaces_one_the_store_closed(server: str) -> None:
+    store = api.Store(10.0, 4, lambda: None)
+    Handler.peers.clear()
+    for _ in range(5):
+        assert store.get(f"{server}/object") == OBJECT
+    assert len(Handler.peers) == 1  # one connection, kept alive
+    assert store.get(f"{server}/object-then-drop") == OBJECT
+    # the kept connection is closed on the store's side: the next read opens another and is whole
+    assert store.get(f"{server}/object") == OBJECT
+    assert len(Handler.peers) == 2
     store.close()
 
 

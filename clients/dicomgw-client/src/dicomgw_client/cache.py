@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from dicomgw_client.errors import IntegrityError
 
@@ -72,6 +73,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+class Staged(NamedTuple):
+    """An object written to a temporary file (``Cache.stage``), not yet in its place."""
+
+    path: Path
+    temporary: str
+    size: int
+
+
 class Cache:
     """The objects under ``root``; ``max_bytes`` None keeps everything."""
 
@@ -113,30 +122,51 @@ class Cache:
             for sha256, data in objects:
                 if sha256_hex(data) != sha256:
                     raise IntegrityError(f"the bytes received for {sha256} do not have that SHA-256")
-        if not objects:
-            return
-        paths = [self.path(sha256) for sha256, _ in objects]
-        # the bytes are written before the lock is taken: under it, only renames and the running total
-        written: list[tuple[Path, str, int]] = []
+        staged: list[Staged] = []
         try:
-            for path, (_, data) in zip(paths, objects, strict=True):
-                written.append((path, _temporary(path, data), len(data)))
+            for sha256, data in objects:
+                staged.append(self.stage(sha256, data))
+        except BaseException:
+            self.discard(staged)
+            raise
+        self.commit(staged)
+
+    def stage(self, sha256: str, data: bytes) -> Staged:
+        """``data``, whose SHA-256 the caller has just checked to be ``sha256``, written to a temporary
+        file next to its place, without the lock (several threads or processes write at once): kept by
+        ``commit``, or removed by ``discard``."""
+        path = self.path(sha256)
+        return Staged(path, _temporary(path, data), len(data))
+
+    def commit(self, staged: list[Staged]) -> None:
+        """The staged objects renamed into place under one lock and one update of the running total (then
+        eviction, past the limit). Whatever is not renamed is removed."""
+        if not staged:
+            return
+        pending = list(staged)
+        try:
             with self.lock():
                 added = 0
-                while written:
-                    path, temporary, size = written.pop()
-                    existed = path.exists()
-                    os.replace(temporary, path)
+                while pending:
+                    one = pending[-1]
+                    existed = one.path.exists()
+                    os.replace(one.temporary, one.path)
+                    pending.pop()
                     if not existed:
-                        added += size
+                        added += one.size
                 if added:
                     total = self._add_size(added)
                     if self.max_bytes is not None and total > self.max_bytes:
-                        self._evict(keep=set(paths))
+                        self._evict(keep={one.path for one in staged})
         finally:
-            for _, temporary, _ in written:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary)
+            self.discard(pending)
+
+    @staticmethod
+    def discard(staged: list[Staged]) -> None:
+        """Staged objects given up: their temporary files removed."""
+        for one in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(one.temporary)
 
     def __contains__(self, sha256: str) -> bool:
         return self.path(sha256).is_file()

@@ -58,7 +58,7 @@ from pydicom.dataset import Dataset
 
 from dicomgw_client import volume
 from dicomgw_client.api import SERIES_REQUEST_MIN, Archive, DirectURLs
-from dicomgw_client.cache import Cache, sha256_hex
+from dicomgw_client.cache import Cache, Staged, sha256_hex
 from dicomgw_client.errors import ArchiveError, ArchiveUnreachable, GeometryError, IntegrityError
 
 log = logging.getLogger("dicomgw_client")
@@ -229,7 +229,9 @@ class CollectionDataset:
             for index, item in enumerate(items):
                 upcoming: Future[dict[str, bytes]] | None = None
                 if index + 1 < len(items):
-                    upcoming = ahead.submit(self.objects, self._item_rows(items[index + 1]))
+                    # what the cache holds is looked up here, while no other thread of the dataset runs:
+                    # in the background thread, each look-up waited for the GIL while this item is made
+                    upcoming = ahead.submit(self._objects, *self._in_cache(self._item_rows(items[index + 1])))
                 yield self._make(item, data)
                 if upcoming is not None:
                     data = upcoming.result()
@@ -379,12 +381,19 @@ class CollectionDataset:
     def objects(self, rows: list[dict[str, Any]]) -> dict[str, bytes]:
         """The verified bytes of the rows' objects by SHA-256: from the cache (read and checked
         concurrently), else fetched (see ``_fetch_missing``)."""
-        out: dict[str, bytes] = {}
-        # what is not there at all is known without a read (nor a thread): a cold cache costs nothing
+        return self._objects(*self._in_cache(rows))
+
+    def _in_cache(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The rows whose object is in the cache, and the others: known without a read (nor a thread), so
+        a cold cache costs nothing."""
         there: list[dict[str, Any]] = []
         missing: list[dict[str, Any]] = []
         for row in rows:
             (there if row["sha256"] in self.cache else missing).append(row)
+        return there, missing
+
+    def _objects(self, there: list[dict[str, Any]], missing: list[dict[str, Any]]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
         for row, data in zip(there, self._pool_map(self._cached, there), strict=True):
             if data is None:
                 missing.append(row)  # damaged, or evicted meanwhile
@@ -394,15 +403,15 @@ class CollectionDataset:
             out.update(self._fetch_missing(missing))
         return out
 
-    def _fetch_direct(self, wanted: tuple[dict[str, Any], str]) -> bytes | None:
+    def _fetch_direct(self, wanted: tuple[dict[str, Any], str]) -> tuple[bytes, Staged] | None:
         """The object of a row straight from the archive's store by its presigned URL, checked against
-        the manifest (cached by the caller, all at once); None when the store did not give it (then
-        WADO-RS)."""
+        the manifest and written to the cache's staging (the caller commits them all at once); None when
+        the store did not give it (then WADO-RS)."""
         row, url = wanted
         data = self.archive.store.get(url)
         if data is None or sha256_hex(data) != row["sha256"]:
             return None
-        return data
+        return data, self.cache.stage(row["sha256"], data)
 
     def _fetch_missing(self, rows: list[dict[str, Any]]) -> dict[str, bytes]:
         """Fetched, checked and cached, concurrently: straight from the archive's store where it hands
@@ -411,19 +420,26 @@ class CollectionDataset:
         it; what is left (or came with other bytes), one WADO-RS request each."""
         out: dict[str, bytes] = {}
         straight = [(row, url) for row in rows if (url := self._direct.get(row["sop_instance_uid"]))]
-        for (row, _), data in zip(straight, self._pool_map(self._fetch_direct, straight), strict=True):
-            if data is not None:
-                out[row["sha256"]] = data
-        # cached under one lock: a lock per object kept the fetching threads waiting on each other
-        self.cache.put_many(list(out.items()), checked=True)
+        staged: list[Staged] = []
+        try:
+            for (row, _), got in zip(straight, self._pool_map(self._fetch_direct, straight), strict=True):
+                if got is not None:
+                    out[row["sha256"]], one = got
+                    staged.append(one)
+        except BaseException:
+            self.cache.discard(staged)
+            raise
+        # the bytes were written by the fetching threads; they are renamed into place under one lock (a
+        # lock per object kept the fetching threads waiting on each other)
+        self.cache.commit(staged)
         left = [row for row in rows if row["sha256"] not in out]
         by_series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for row in left:
             by_series[(row["study_instance_uid"], row["series_instance_uid"])].append(row)
         whole = [group for (_, series), group in by_series.items()
                  if len(group) >= SERIES_REQUEST_MIN and 2 * len(group) >= self._series_sizes[series]]
-        for got in self._pool_map(self._fetch_series, whole):
-            out.update(got)
+        for got_series in self._pool_map(self._fetch_series, whole):
+            out.update(got_series)
         left = [row for row in left if row["sha256"] not in out]
         for row, data in zip(left, self._pool_map(self._fetch, left), strict=True):
             out[row["sha256"]] = data
