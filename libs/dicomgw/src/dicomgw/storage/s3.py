@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dicomgw.config import StorageSettings
 from dicomgw.errors import StorageUnavailable
 from dicomgw.storage.base import FileToStore, ObjectInfo, ObjectNotFound
+from dicomgw.storage.presign import Presigner
 
 # A single PUT holds at most this much in memory; larger files go part by part (S3 minimum: 5 MiB)
 PART_SIZE = 8 * 1024 * 1024
@@ -61,8 +62,9 @@ class S3Store:
         self.max_concurrency = max_concurrency
         # the S3 storage class every object is written with (a cold tier's cheaper one); None: the bucket's
         self._class: dict[str, Any] = {"StorageClass": storage_class} if storage_class else {}
-        # a client for the store's public endpoint, when one is configured: presigned GET URLs
-        self._signer: Any = None
+        # presigned GET URLs for the store's public endpoint, when one is configured: signed here with
+        # the configured key (dicomgw.storage.presign), or by botocore with credentials it finds itself
+        self._signer: Presigner | Any = None
         self.presign_seconds = 900
 
     @property
@@ -73,6 +75,8 @@ class S3Store:
         """A GET URL of ``key`` on the public endpoint, valid ``presign_seconds``; no request is sent."""
         if self._signer is None:
             raise RuntimeError("no public endpoint is configured to presign for")
+        if isinstance(self._signer, Presigner):
+            return self._signer.url(self.bucket, key, self.presign_seconds)
         url: str = await self._signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.presign_seconds)
         return url
@@ -92,11 +96,14 @@ class S3Store:
         ))
         store = cls(client, settings.bucket, stack, settings.max_concurrency, settings.storage_class)
         if settings.public_url:
-            # signs only (no request goes through it): a URL's signature covers the host clients use
-            store._signer = await stack.enter_async_context(get_session().create_client(
-                "s3", endpoint_url=settings.public_url, region_name=settings.region,
-                aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key,
-                config=Config(s3={"addressing_style": "path"}, signature_version="s3v4")))
+            # a URL's signature covers the host clients use; no request goes there from here
+            if settings.access_key and settings.secret_key:
+                store._signer = Presigner(settings.public_url, settings.region, settings.access_key,
+                                          settings.secret_key)
+            else:  # credentials from the environment (which may be temporary, with a session token)
+                store._signer = await stack.enter_async_context(get_session().create_client(
+                    "s3", endpoint_url=settings.public_url, region_name=settings.region,
+                    config=Config(s3={"addressing_style": "path"}, signature_version="s3v4")))
             store.presign_seconds = settings.presign_seconds
         if settings.create_bucket:
             await store._ensure_bucket()
