@@ -188,3 +188,46 @@ def test_the_native_reader_gives_pydicom_s_values(bits: int, stored: int, signed
     # what it does not read is left to pydicom
     ds.PhotometricInterpretation = "RGB"
     assert volume._native_frame(ds, 0) is None
+
+
+def _object(case: str) -> Dataset:
+    ds = make_dataset(rows=6, columns=5, frames=3, seed=7,
+                      extra={"RescaleSlope": "2", "RescaleIntercept": "-5"})
+    if case == "implicit":
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    elif case == "8-bit":
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    elif case == "trailing":  # an element after the pixels (Data Set Trailing Padding)
+        ds.add_new(0xFFFCFFFC, "OB", b"\0" * 8)
+    elif case == "rle":
+        ds.compress(pydicom.uid.RLELossless, encoding_plugin="pydicom")
+    elif case == "rgb":
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        ds.PixelData = np.random.default_rng(1).bytes(6 * 5 * 3 * 3)
+    return ds
+
+
+@pytest.mark.parametrize(("case", "direct"), [("explicit", True), ("implicit", True), ("8-bit", True),
+                                              ("trailing", True), ("rle", False), ("rgb", False)])
+def test_read_views_uncompressed_pixels_and_parses_the_rest_whole(case: str, direct: bool) -> None:
+    """volume.read: an uncompressed grey image is parsed up to its Pixel Data, whose value is a view
+    of the bytes (no copy), and gives the frames of the whole parse; anything else is parsed whole."""
+    data = to_bytes(_object(case))
+    ds, pixels = volume.read(data)
+    whole = pydicom.dcmread(io.BytesIO(data))
+    assert (pixels is not None) == direct
+    if pixels is not None:
+        assert pixels.obj is data and "PixelData" not in ds
+        assert bytes(pixels) == whole.PixelData
+    else:
+        assert ds.PixelData == whole.PixelData
+    for index in range(3):
+        np.testing.assert_array_equal(volume.real_world(ds, index, pixels=pixels),
+                                      volume.real_world(whole, index))
+    if case == "explicit":
+        assert volume.real_world(ds, 0, pixels=pixels)[0, 0] == whole.pixel_array[0, 0, 0] * 2 - 5

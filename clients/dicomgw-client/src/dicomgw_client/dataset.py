@@ -52,7 +52,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow.parquet as pq
-import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
@@ -484,8 +483,9 @@ class CollectionDataset:
         rows = self._item_rows(item)
         if data is None:
             data = self.objects(rows)
-        datasets: dict[str, Dataset] = {
-            row["sop_instance_uid"]: pydicom.dcmread(io.BytesIO(data[row["sha256"]])) for row in rows}
+        parsed = {row["sop_instance_uid"]: volume.read(data[row["sha256"]]) for row in rows}
+        datasets: dict[str, Dataset] = {sop: ds for sop, (ds, _) in parsed.items()}
+        pixels = {sop: view for sop, (_, view) in parsed.items() if view is not None}
         frames = {f.key: f for ds in datasets.values() for f in volume.frames_of(ds)}
         try:
             wanted = [frames[key] for key in item.slices]
@@ -506,15 +506,15 @@ class CollectionDataset:
             if column not in SERIES_COLUMNS:
                 meta[column] = [r[column] for r in slice_rows]
         meta.update(frame=[f + 1 for _, f in item.slices], stack=item.stack, stacks=item.stacks)
-        return {"image": volume.assemble(stack, datasets), "affine": stack.affine, "meta": meta}
+        return {"image": volume.assemble(stack, datasets, pixels), "affine": stack.affine, "meta": meta}
 
     def _frame(self, item: FrameItem, data: dict[str, bytes] | None = None) -> Item:
         row = self.rows[item.row]
         if data is None:
             data = self.objects([row])
-        ds = pydicom.dcmread(io.BytesIO(data[row["sha256"]]))
+        ds, pixels = volume.read(data[row["sha256"]])
         frame = volume.frames_of(ds)[item.frame]
         meta = dict(row)
         meta["frame"] = item.frame + 1
-        return {"image": volume.real_world(ds, item.frame), "affine": volume.frame_affine(frame),
-                "meta": meta}
+        return {"image": volume.real_world(ds, item.frame, pixels=pixels),
+                "affine": volume.frame_affine(frame), "meta": meta}
