@@ -177,12 +177,12 @@ def single_part(response: httpx.Response) -> bytes:
 class Store:
     """The archive's object store, read by presigned URLs: the URL is the credential, so no header of
     the archive's ever goes there. The standard library's ``http.client`` on kept-alive connections,
-    not httpx: an object read of 0.5 MB costs the client about a sixth of httpx's CPU and half of
-    urllib3's (measured here: 600 CT objects with 8 threads, 0.17 against 0.29 CPU-s with urllib3),
-    which a pull of thousands of small files or a first epoch spends per object. Only a whole answer
-    (200, with all of its Content-Length) is an object; anything else is None, and the caller reads it
-    with WADO-RS instead (no retries here, but a kept-alive connection the store has closed meanwhile
-    is replaced once)."""
+    not httpx: an object read of 0.5 MB costs the client about a sixth of httpx's CPU and two thirds of
+    urllib3's (measured here: 600 CT objects with 8 threads, medians of 10 interleaved rounds, 0.21
+    against 0.30 CPU-s with urllib3), which a pull of thousands of small files or a first epoch spends
+    per object. Only a whole answer (200, with all of its Content-Length) is an object; anything else
+    is None, and the caller reads it with WADO-RS instead (no retries here, but a kept-alive connection
+    the store has closed meanwhile is replaced once)."""
 
     def __init__(self, timeout: float, connections: int, counted: Callable[[], None]) -> None:
         self.timeout, self.connections, self.counted = timeout, connections, counted

@@ -76,6 +76,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 class Staged(NamedTuple):
     """An object written to a temporary file (``Cache.stage``), not yet in its place."""
 
+    sha256: str
     path: Path
     temporary: str
     size: int
@@ -136,7 +137,7 @@ class Cache:
         file next to its place, without the lock (several threads or processes write at once): kept by
         ``commit``, or removed by ``discard``."""
         path = self.path(sha256)
-        return Staged(path, _temporary(path, data), len(data))
+        return Staged(sha256, path, _temporary(path, data), len(data))
 
     def commit(self, staged: list[Staged]) -> None:
         """The staged objects renamed into place under one lock and one update of the running total (then

@@ -43,9 +43,10 @@ import io
 import json
 import logging
 import os
+import queue
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -203,11 +204,12 @@ class CollectionDataset:
     def __getitem__(self, index: int) -> Any:
         if not -len(self._items) <= index < len(self._items):
             raise IndexError(f"index {index} out of range for {len(self._items)} items")
-        return self._make(self._items[index], None)
+        item = self._items[index]
+        return self._make(item, self._arrivals(*self._in_cache(self._item_rows(item))))
 
-    def _make(self, item: SeriesItem | FrameItem, data: dict[str, bytes] | None) -> Any:
-        """The item's dict (transformed), from ``data`` (its objects by SHA-256) when given."""
-        out = self._series(item, data) if isinstance(item, SeriesItem) else self._frame(item, data)
+    def _make(self, item: SeriesItem | FrameItem, arrivals: Iterable[tuple[str, bytes]]) -> Any:
+        """The item's dict (transformed), made from its objects (SHA-256, bytes) as they come."""
+        out = self._series(item, arrivals) if isinstance(item, SeriesItem) else self._frame(item, arrivals)
         return self.transform(out) if self.transform is not None else out
 
     def _item_rows(self, item: SeriesItem | FrameItem) -> list[dict[str, Any]]:
@@ -216,26 +218,48 @@ class CollectionDataset:
         return [self._by_sop[sop] for sop in dict.fromkeys(sop for sop, _ in item.slices)]
 
     def __iter__(self) -> Iterator[Any]:
-        """Every item in order. The next item's objects are fetched (or read from the cache) in the
-        background while this one is decoded and handed out, once this one's are in hand: an object two
-        items share is still fetched once."""
+        """Every item in order. Objects are fetched (or read from the cache) by a background thread, item
+        after item without a pause, at most one item ahead of the one being made; an item is made from
+        its objects as they arrive, so its last objects are still coming while the first are decoded. An
+        object two items share is fetched once."""
         items: Sequence[SeriesItem | FrameItem] = self._items
         if not items:
             return
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicomgw-ahead")
+        fetched: set[str] = set()  # what this iteration has put in the cache
         try:
-            data = self.objects(self._item_rows(items[0]))
+            upcoming = self._prefetch(ahead, items[0], fetched)
             for index, item in enumerate(items):
-                upcoming: Future[dict[str, bytes]] | None = None
+                current = upcoming
                 if index + 1 < len(items):
-                    # what the cache holds is looked up here, while no other thread of the dataset runs:
-                    # in the background thread, each look-up waited for the GIL while this item is made
-                    upcoming = ahead.submit(self._objects, *self._in_cache(self._item_rows(items[index + 1])))
-                yield self._make(item, data)
-                if upcoming is not None:
-                    data = upcoming.result()
+                    upcoming = self._prefetch(ahead, items[index + 1], fetched)
+                yield self._make(item, current)
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
+
+    def _prefetch(self, ahead: ThreadPoolExecutor, item: SeriesItem | FrameItem,
+                  fetched: set[str]) -> Iterator[tuple[str, bytes]]:
+        """The item's objects as ``ahead`` brings them, after the items submitted before (a queue read
+        by the returned iterator). What the cache holds is looked up here, in the calling thread: in the
+        background, each of the item's look-ups waited for the GIL while the current item is made."""
+        there, missing = self._in_cache(self._item_rows(item))
+        arrived: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+
+        def pump() -> None:
+            try:
+                # fetched for an item before (they share objects): in the cache now
+                shared = [row for row in missing if row["sha256"] in fetched]
+                left = [row for row in missing if row["sha256"] not in fetched]
+                for sha256, data in self._arrivals([*there, *shared], left):
+                    fetched.add(sha256)
+                    arrived.put((_ARRIVED, (sha256, data)))
+            except BaseException as exc:  # handed to the consumer
+                arrived.put((_FAILED, exc))
+            else:
+                arrived.put((_DONE, None))
+
+        ahead.submit(pump)
+        return _drained(arrived)
 
     def __repr__(self) -> str:
         return (f"CollectionDataset({self.archive.root!r}, {self.collection!r}, version={self.version}, "
@@ -351,13 +375,78 @@ class CollectionDataset:
                               for i in irregular]}
 
     # ---- objects -----------------------------------------------------------------------------------
-    def _pool_map(self, function: Callable[[Any], Any], values: list[Any]) -> list[Any]:
-        if len(values) <= 1:
-            return [function(v) for v in values]
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        """This process's fetching threads (a fork's child makes its own)."""
         if self._pool is None or self._pool_pid != os.getpid():
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="dicomgw-fetch")
             self._pool_pid = os.getpid()
-        return list(self._pool.map(function, values))
+        return self._pool
+
+    def objects(self, rows: list[dict[str, Any]]) -> dict[str, bytes]:
+        """The verified bytes of the rows' objects by SHA-256 (see ``_arrivals``)."""
+        return dict(self._arrivals(*self._in_cache(rows)))
+
+    def _in_cache(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The rows whose object is in the cache, and the others: known without a read (nor a thread), so
+        a cold cache costs nothing."""
+        there: list[dict[str, Any]] = []
+        missing: list[dict[str, Any]] = []
+        for row in rows:
+            (there if row["sha256"] in self.cache else missing).append(row)
+        return there, missing
+
+    def _arrivals(self, there: list[dict[str, Any]], missing: list[dict[str, Any]],
+                  ) -> Iterator[tuple[str, bytes]]:
+        """(SHA-256, verified bytes) of the rows' objects as they come: those ``there`` from the cache
+        (read and checked concurrently; a damaged or evicted one is fetched), then the ``missing``,
+        fetched concurrently, each as soon as it is in, straight from the archive's store where it hands
+        out presigned URLs (no archive process touches the bytes: written to the cache's staging by the
+        fetching threads, renamed into place under one lock once the last has come; a lock per object
+        kept the threads waiting on each other); what is left by WADO-RS (``_fetch_rest``)."""
+        missing = list(missing)
+        for row, data in zip(there, self._pool_map(self._cached, there), strict=True):
+            if data is None:
+                missing.append(row)  # damaged, or evicted meanwhile
+            else:
+                yield row["sha256"], data
+        if not missing:
+            return
+        straight = [(row, url) for row in missing if (url := self._direct.get(row["sop_instance_uid"]))]
+        done: set[str] = set()
+        if straight:
+            futures = [self._thread_pool().submit(self._fetch_direct, wanted) for wanted in straight]
+            staged: list[Staged] = []
+            committed = False
+            try:
+                for future in as_completed(futures):
+                    got = future.result()
+                    if got is not None:
+                        data, one = got
+                        staged.append(one)
+                        done.add(one.sha256)
+                        yield one.sha256, data
+                self.cache.commit(staged)
+                committed = True
+            finally:
+                if not committed:  # given up (the consumer stopped, or a read failed): nothing is kept
+                    for future in futures:
+                        future.cancel()
+                    wait(futures)
+                    left_staged = set(staged)
+                    for future in futures:
+                        if not future.cancelled() and future.exception() is None:
+                            late = future.result()
+                            if late is not None:
+                                left_staged.add(late[1])
+                    self.cache.discard(list(left_staged))
+        left = [row for row in missing if row["sha256"] not in done]
+        if left:
+            yield from self._fetch_rest(left).items()
+
+    def _pool_map(self, function: Callable[[Any], Any], values: list[Any]) -> list[Any]:
+        if len(values) <= 1:
+            return [function(v) for v in values]
+        return list(self._thread_pool().map(function, values))
 
     def _close_pool(self) -> None:
         if self._pool is not None and self._pool_pid == os.getpid():
@@ -377,69 +466,29 @@ class CollectionDataset:
     def _cached(self, row: dict[str, Any]) -> bytes | None:
         return self.cache.get(row["sha256"])
 
-    def objects(self, rows: list[dict[str, Any]]) -> dict[str, bytes]:
-        """The verified bytes of the rows' objects by SHA-256: from the cache (read and checked
-        concurrently), else fetched (see ``_fetch_missing``)."""
-        return self._objects(*self._in_cache(rows))
-
-    def _in_cache(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The rows whose object is in the cache, and the others: known without a read (nor a thread), so
-        a cold cache costs nothing."""
-        there: list[dict[str, Any]] = []
-        missing: list[dict[str, Any]] = []
-        for row in rows:
-            (there if row["sha256"] in self.cache else missing).append(row)
-        return there, missing
-
-    def _objects(self, there: list[dict[str, Any]], missing: list[dict[str, Any]]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        for row, data in zip(there, self._pool_map(self._cached, there), strict=True):
-            if data is None:
-                missing.append(row)  # damaged, or evicted meanwhile
-            else:
-                out[row["sha256"]] = data
-        if missing:
-            out.update(self._fetch_missing(missing))
-        return out
-
     def _fetch_direct(self, wanted: tuple[dict[str, Any], str]) -> tuple[bytes, Staged] | None:
         """The object of a row straight from the archive's store by its presigned URL, checked against
-        the manifest and written to the cache's staging (the caller commits them all at once); None when
-        the store did not give it (then WADO-RS)."""
+        the manifest and written to the cache's staging; None when the store did not give it (then
+        WADO-RS)."""
         row, url = wanted
         data = self.archive.store.get(url)
         if data is None or sha256_hex(data) != row["sha256"]:
             return None
         return data, self.cache.stage(row["sha256"], data)
 
-    def _fetch_missing(self, rows: list[dict[str, Any]]) -> dict[str, bytes]:
-        """Fetched, checked and cached, concurrently: straight from the archive's store where it hands
-        out presigned URLs (no archive process touches the bytes); else with one WADO-RS request for a
-        series when at least SERIES_REQUEST_MIN of its objects are missing and they are at least half of
-        it; what is left (or came with other bytes), one WADO-RS request each."""
+    def _fetch_rest(self, rows: list[dict[str, Any]]) -> dict[str, bytes]:
+        """Fetched by WADO-RS, checked and cached, concurrently: with one request for a series when at
+        least SERIES_REQUEST_MIN of its objects are missing and they are at least half of it; what is
+        left (or came with other bytes), one request each."""
         out: dict[str, bytes] = {}
-        straight = [(row, url) for row in rows if (url := self._direct.get(row["sop_instance_uid"]))]
-        staged: list[Staged] = []
-        try:
-            for (row, _), got in zip(straight, self._pool_map(self._fetch_direct, straight), strict=True):
-                if got is not None:
-                    out[row["sha256"]], one = got
-                    staged.append(one)
-        except BaseException:
-            self.cache.discard(staged)
-            raise
-        # the bytes were written by the fetching threads; they are renamed into place under one lock (a
-        # lock per object kept the fetching threads waiting on each other)
-        self.cache.commit(staged)
-        left = [row for row in rows if row["sha256"] not in out]
         by_series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        for row in left:
+        for row in rows:
             by_series[(row["study_instance_uid"], row["series_instance_uid"])].append(row)
         whole = [group for (_, series), group in by_series.items()
                  if len(group) >= SERIES_REQUEST_MIN and 2 * len(group) >= self._series_sizes[series]]
         for got_series in self._pool_map(self._fetch_series, whole):
             out.update(got_series)
-        left = [row for row in left if row["sha256"] not in out]
+        left = [row for row in rows if row["sha256"] not in out]
         for row, data in zip(left, self._pool_map(self._fetch, left), strict=True):
             out[row["sha256"]] = data
         return out
@@ -479,14 +528,15 @@ class CollectionDataset:
         return {sha256: data for sha256, data in known if sha256 in wanted}
 
     # ---- items' contents ---------------------------------------------------------------------------
-    def _series(self, item: SeriesItem, data: dict[str, bytes] | None = None) -> Item:
+    def _series(self, item: SeriesItem, arrivals: Iterable[tuple[str, bytes]]) -> Item:
         rows = self._item_rows(item)
-        if data is None:
-            data = self.objects(rows)
-        parsed = {row["sop_instance_uid"]: volume.read(data[row["sha256"]]) for row in rows}
-        datasets: dict[str, Dataset] = {sop: ds for sop, (ds, _) in parsed.items()}
-        pixels = {sop: view for sop, (_, view) in parsed.items() if view is not None}
-        frames = {f.key: f for ds in datasets.values() for f in volume.frames_of(ds)}
+        assembly = volume.Assembly(item.slices)
+        frames: dict[tuple[str, int], volume.Frame] = {}
+        for _, data in arrivals:
+            ds, pixels = volume.read(data)
+            own = volume.frames_of(ds)
+            frames.update((f.key, f) for f in own)
+            assembly.add(ds, own, pixels)
         try:
             wanted = [frames[key] for key in item.slices]
         except KeyError as exc:
@@ -506,15 +556,29 @@ class CollectionDataset:
             if column not in SERIES_COLUMNS:
                 meta[column] = [r[column] for r in slice_rows]
         meta.update(frame=[f + 1 for _, f in item.slices], stack=item.stack, stacks=item.stacks)
-        return {"image": volume.assemble(stack, datasets, pixels), "affine": stack.affine, "meta": meta}
+        return {"image": assembly.result(), "affine": stack.affine, "meta": meta}
 
-    def _frame(self, item: FrameItem, data: dict[str, bytes] | None = None) -> Item:
+    def _frame(self, item: FrameItem, arrivals: Iterable[tuple[str, bytes]]) -> Item:
         row = self.rows[item.row]
-        if data is None:
-            data = self.objects([row])
-        ds, pixels = volume.read(data[row["sha256"]])
+        data = dict(arrivals)[row["sha256"]]
+        ds, pixels = volume.read(data)
         frame = volume.frames_of(ds)[item.frame]
         meta = dict(row)
         meta["frame"] = item.frame + 1
         return {"image": volume.real_world(ds, item.frame, pixels=pixels),
                 "affine": volume.frame_affine(frame), "meta": meta}
+
+
+# what the background thread of an iteration hands on: an object, the item's end, or its failure
+_ARRIVED, _DONE, _FAILED = 0, 1, 2
+
+
+def _drained(arrived: queue.SimpleQueue[tuple[int, Any]]) -> Iterator[tuple[str, bytes]]:
+    """The objects put in ``arrived`` until the item's end; the background thread's failure raised."""
+    while True:
+        kind, value = arrived.get()
+        if kind == _DONE:
+            return
+        if kind == _FAILED:
+            raise value
+        yield value

@@ -25,6 +25,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 
+from dicomgw_client.errors import GeometryError
+
 Float32Array = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]
 
@@ -436,25 +438,49 @@ def _rescale(raw: npt.NDArray[Any], slope: float, intercept: float, out: Float32
     out[...] = values
 
 
+class Assembly:
+    """A stack's voxels filled in as its objects come (``add``), in ``assemble``'s layout: each frame is
+    written once, in its place, so that a volume is made while its last objects are still arriving."""
+
+    def __init__(self, keys: Sequence[tuple[str, int]]) -> None:
+        self._place = {key: k for k, key in enumerate(keys)}
+        self._filled: set[int] = set()
+        self._out: Float32Array | None = None
+
+    def add(self, ds: Dataset, frames: Sequence[Frame], pixels: memoryview | None = None) -> None:
+        """The object's frames (``frames_of(ds)``) that are the stack's, in their places. GeometryError
+        when one's size is not the stack's (of the first frame placed)."""
+        for frame in frames:
+            k = self._place.get(frame.key)
+            if k is None:
+                continue
+            plane = (frame.rows, frame.columns) + ((frame.samples,) if frame.samples != 1 else ())
+            if self._out is None:
+                self._out = np.empty((len(self._place), *plane), dtype=np.float32)
+            elif self._out.shape[1:] != plane:
+                raise GeometryError(f"frame {frame.key} is {plane}, not the stack's {self._out.shape[1:]}")
+            # display (row, column) -> (last row first, column), in slice k's place
+            real_world(ds, frame.index, self._out[k, ::-1], pixels)
+            self._filled.add(k)
+
+    def result(self) -> Float32Array:
+        """The volume, (columns, rows, slices[, samples]); GeometryError when a frame was not added."""
+        if self._out is None or len(self._filled) != len(self._place):
+            raise GeometryError(f"{len(self._place) - len(self._filled)} of the stack's {len(self._place)} "
+                                "frames are missing from its objects")
+        # (slice, row, column[, sample]) in memory -> (column, row, slice[, sample]) by index, no copy
+        axes = (2, 1, 0) if self._out.ndim == 3 else (2, 1, 0, 3)
+        return self._out.transpose(axes)
+
+
 def assemble(stack: Stack, datasets: dict[str, Dataset],
              pixels: Mapping[str, memoryview] | None = None) -> Float32Array:
     """The stack's voxels in the module's layout, (columns, rows, slices[, samples]), real-world values.
 
-    Each slice is written once, in its place: the array is laid out in memory slice by slice (a
-    Fortran-ordered (columns, rows, slices) array for grey images, as NIfTI stores its voxels), so
-    that no transposed copy of the volume is made. ``pixels``: the Pixel Data ``read`` gave, by SOP
-    Instance UID, for datasets parsed up to it."""
-    out: Float32Array | None = None
-    for k, frame in enumerate(stack.frames):
-        ds = datasets[frame.sop_instance_uid]
-        if out is None:
-            samples = int(ds.get("SamplesPerPixel") or 1)
-            plane = (frame.rows, frame.columns) + ((samples,) if samples != 1 else ())
-            out = np.empty((len(stack.frames), *plane), dtype=np.float32)
-        # display (row, column) -> (last row first, column), in slice k's place
-        real_world(ds, frame.index, out[k, ::-1],
-                   pixels.get(frame.sop_instance_uid) if pixels is not None else None)
-    assert out is not None
-    # (slice, row, column[, sample]) in memory -> (column, row, slice[, sample]) by index, no copy
-    axes = (2, 1, 0) if out.ndim == 3 else (2, 1, 0, 3)
-    return out.transpose(axes)
+    The array is laid out in memory slice by slice (a Fortran-ordered (columns, rows, slices) array for
+    grey images, as NIfTI stores its voxels), so that no transposed copy of the volume is made.
+    ``pixels``: the Pixel Data ``read`` gave, by SOP Instance UID, for datasets parsed up to it."""
+    assembly = Assembly([frame.key for frame in stack.frames])
+    for sop, ds in datasets.items():
+        assembly.add(ds, frames_of(ds), pixels.get(sop) if pixels is not None else None)
+    return assembly.result()
