@@ -222,8 +222,8 @@ def test_read_views_uncompressed_pixels_and_parses_the_rest_whole(case: str, dir
     whole = pydicom.dcmread(io.BytesIO(data))
     assert (pixels is not None) == direct
     if pixels is not None:
-        assert pixels.obj is data and "PixelData" not in ds
-        assert bytes(pixels) == whole.PixelData
+        assert isinstance(pixels.data, memoryview) and pixels.data.obj is data and "PixelData" not in ds
+        assert bytes(pixels.data) == whole.PixelData
     else:
         assert ds.PixelData == whole.PixelData
     for index in range(3):

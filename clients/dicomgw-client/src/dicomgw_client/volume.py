@@ -307,15 +307,17 @@ def plan(frames: Iterable[Frame]) -> tuple[list[Stack], list[Irregular]]:
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 
 
-def read(data: bytes) -> tuple[Dataset, memoryview | None]:
+def read(data: bytes) -> tuple[Dataset, Pixels | None]:
     """A DICOM object's bytes parsed for its frames: ``(dataset, pixels)``. For an uncompressed
-    little-endian grey image, ``pixels`` is its Pixel Data's value as a view of ``data``, and the dataset
-    is parsed up to it only (no copy of the pixels: 0.5 MB and a third of the parse for a CT slice);
-    ``real_world`` and ``assemble`` take it. Anything else is parsed whole, and ``pixels`` is None."""
+    little-endian grey image, ``pixels`` reads its frames straight from a view of ``data``, and the
+    dataset is parsed up to the Pixel Data only (no copy of the pixels: 0.5 MB and a third of the parse
+    for a CT slice); ``real_world`` and ``Assembly`` take it. Anything else is parsed whole, and
+    ``pixels`` is None."""
     fp = io.BytesIO(data)
     ds = dcmread(fp, stop_before_pixels=True)
-    pixels = _pixel_data_view(ds, data, fp.tell())
-    if pixels is None or _native_layout(ds, len(pixels)) is None:
+    view = _pixel_data_view(ds, data, fp.tell())
+    pixels = Pixels.of(ds, view) if view is not None else None
+    if pixels is None:
         return dcmread(io.BytesIO(data)), None
     return ds, pixels
 
@@ -339,18 +341,76 @@ def _pixel_data_view(ds: Dataset, data: bytes, at: int) -> memoryview | None:
     return memoryview(data)[start:start + length]
 
 
+@dataclass(frozen=True)
+class Pixels:
+    """The frames of an uncompressed little-endian grey image, read straight from its Pixel Data: the
+    values pydicom's ``pixel_array`` gives (unused high bits cleared, or the sign extended from Bits
+    Stored, as pydicom does by default), without its per-call set-up, which costs more than the frame's
+    bytes for a CT slice (0.6 ms); and the attributes that takes read once per object, not per frame."""
+
+    data: bytes | memoryview
+    dtype: np.dtype[Any]
+    rows: int
+    columns: int
+    stored: int
+    frames: int
+    # the instance's (slope, intercept) when no per-frame transformation nor Modality LUT can apply;
+    # None: real_world looks the rescale up per frame
+    rescale: tuple[float, float] | None
+
+    @classmethod
+    def of(cls, ds: Dataset, data: bytes | memoryview) -> Pixels | None:
+        """``ds``'s frames in ``data`` (its Pixel Data's value); None for anything else (compressed,
+        colour, big endian, 1-bit or float pixels, short data): then pydicom decodes it."""
+        meta = getattr(ds, "file_meta", None)
+        syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+        bits = ds.get("BitsAllocated")
+        if (syntax not in _NATIVE_LE or bits not in (8, 16, 32) or int(ds.get("SamplesPerPixel") or 1) != 1
+                or str(ds.get("PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2")):
+            return None
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        stored = int(ds.get("BitsStored") or bits)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        if (not rows * columns or not 0 < stored <= bits or frames < 1
+                or len(data) < frames * rows * columns * bits // 8):
+            return None
+        signed = int(ds.get("PixelRepresentation") or 0) == 1
+        rescale = None
+        if not any(k in ds for k in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+                                     "ModalityLUTSequence")):
+            slope, intercept = _float(ds.get("RescaleSlope")), _float(ds.get("RescaleIntercept"))
+            rescale = (1.0 if slope is None else slope, intercept or 0.0)
+        return cls(data, np.dtype(f"<{'i' if signed else 'u'}{bits // 8}"), rows, columns, stored, frames,
+                   rescale)
+
+    def frame(self, index: int) -> npt.NDArray[Any]:
+        if not 0 <= index < self.frames:
+            raise IndexError(f"frame {index} of {self.frames}")
+        count = self.rows * self.columns
+        frame = np.frombuffer(self.data, dtype=self.dtype, count=count,
+                              offset=index * count * self.dtype.itemsize).reshape(self.rows, self.columns)
+        bits = self.dtype.itemsize * 8
+        if self.stored < bits:
+            shift = bits - self.stored
+            frame = np.right_shift(np.left_shift(frame, shift), shift)
+        return frame
+
+
 def real_world(ds: Dataset, index: int, out: Float32Array | None = None,
-               pixels: memoryview | None = None) -> Float32Array:
+               pixels: Pixels | None = None) -> Float32Array:
     """Frame ``index`` of ``ds`` in display layout (rows, columns[, samples]), as real-world values:
     the rescale of the frame's Pixel Value Transformation (or the instance's Rescale Slope/Intercept,
     or its Modality LUT) applied to grey images; colour images as they decode. Written into ``out``
-    (an array or a view of that shape) when given, which is returned. ``pixels``: the Pixel Data ``read``
-    gave for a dataset parsed up to it."""
-    raw = _native_frame(ds, index, pixels)
-    if raw is None:
-        raw = pixel_array(ds, index=index)
+    (an array or a view of that shape) when given, which is returned. ``pixels``: what ``read`` gave
+    for a dataset parsed up to its Pixel Data."""
+    if pixels is None and "PixelData" in ds:
+        pixels = Pixels.of(ds, ds.PixelData)
+    raw = pixels.frame(index) if pixels is not None else pixel_array(ds, index=index)
     if out is None:
         out = np.empty(raw.shape, dtype=np.float32)
+    if pixels is not None and pixels.rescale is not None:
+        _rescale(raw, *pixels.rescale, out)
+        return out
     samples = int(ds.get("SamplesPerPixel") or 1)
     if samples != 1:
         out[...] = raw
@@ -367,53 +427,13 @@ def real_world(ds: Dataset, index: int, out: Float32Array | None = None,
     return out
 
 
-def _native_layout(ds: Dataset, length: int) -> tuple[np.dtype[Any], int, int, int, int] | None:
-    """(dtype, rows, columns, bits stored, frames) of an uncompressed little-endian grey image whose
-    Pixel Data has ``length`` bytes, read straight from them by ``_native_frame``; None for anything
-    else (compressed, colour, big endian, 1-bit or float pixels, short data): then pydicom decodes it."""
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    bits = ds.get("BitsAllocated")
-    if (syntax not in _NATIVE_LE or bits not in (8, 16, 32) or int(ds.get("SamplesPerPixel") or 1) != 1
-            or str(ds.get("PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2")):
+def _native_frame(ds: Dataset, index: int) -> npt.NDArray[Any] | None:
+    """Frame ``index`` of ``ds`` read straight from its Pixel Data (``Pixels``); None when it is not
+    such an image, or has no such frame."""
+    pixels = Pixels.of(ds, ds.PixelData) if "PixelData" in ds else None
+    if pixels is None or not 0 <= index < pixels.frames:
         return None
-    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    stored = int(ds.get("BitsStored") or bits)
-    frames = int(ds.get("NumberOfFrames") or 1)
-    if (not rows * columns or not 0 < stored <= bits or frames < 1
-            or length < frames * rows * columns * bits // 8):
-        return None
-    signed = int(ds.get("PixelRepresentation") or 0) == 1
-    return np.dtype(f"<{'i' if signed else 'u'}{bits // 8}"), rows, columns, stored, frames
-
-
-def _native_frame(ds: Dataset, index: int, pixels: memoryview | None = None) -> npt.NDArray[Any] | None:
-    """Frame ``index`` of an uncompressed little-endian grey image (``_native_layout``), read straight
-    from its Pixel Data (``pixels``, or the dataset's): the values pydicom's ``pixel_array`` gives
-    (unused high bits cleared, or the sign extended from Bits Stored, as pydicom does by default),
-    without its per-call set-up, which costs more than the frame's bytes for a CT slice (0.6 ms). None
-    when the image is not such a one."""
-    data: bytes | memoryview
-    if pixels is not None:
-        data = pixels
-    elif "PixelData" in ds:
-        data = ds.PixelData
-    else:
-        return None
-    layout = _native_layout(ds, len(data))
-    if layout is None:
-        return None
-    dtype, rows, columns, stored, frames = layout
-    if not 0 <= index < frames:
-        return None
-    count = rows * columns
-    frame = np.frombuffer(data, dtype=dtype, count=count, offset=index * count * dtype.itemsize)
-    frame = frame.reshape(rows, columns)
-    bits = dtype.itemsize * 8
-    if stored < bits:
-        shift = bits - stored
-        frame = np.right_shift(np.left_shift(frame, shift), shift)
-    return frame
+    return pixels.frame(index)
 
 
 # integers up to this magnitude are exact in float32
@@ -447,7 +467,7 @@ class Assembly:
         self._filled: set[int] = set()
         self._out: Float32Array | None = None
 
-    def add(self, ds: Dataset, frames: Sequence[Frame], pixels: memoryview | None = None) -> None:
+    def add(self, ds: Dataset, frames: Sequence[Frame], pixels: Pixels | None = None) -> None:
         """The object's frames (``frames_of(ds)``) that are the stack's, in their places. GeometryError
         when one's size is not the stack's (of the first frame placed)."""
         for frame in frames:
@@ -474,12 +494,12 @@ class Assembly:
 
 
 def assemble(stack: Stack, datasets: dict[str, Dataset],
-             pixels: Mapping[str, memoryview] | None = None) -> Float32Array:
+             pixels: Mapping[str, Pixels] | None = None) -> Float32Array:
     """The stack's voxels in the module's layout, (columns, rows, slices[, samples]), real-world values.
 
     The array is laid out in memory slice by slice (a Fortran-ordered (columns, rows, slices) array for
     grey images, as NIfTI stores its voxels), so that no transposed copy of the volume is made.
-    ``pixels``: the Pixel Data ``read`` gave, by SOP Instance UID, for datasets parsed up to it."""
+    ``pixels``: what ``read`` gave, by SOP Instance UID, for datasets parsed up to their Pixel Data."""
     assembly = Assembly([frame.key for frame in stack.frames])
     for sop, ds in datasets.items():
         assembly.add(ds, frames_of(ds), pixels.get(sop) if pixels is not None else None)
