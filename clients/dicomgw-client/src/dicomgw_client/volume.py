@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 
+from dicomgw_client import rawread
 from dicomgw_client.errors import GeometryError
 
 Float32Array = npt.NDArray[np.float32]
@@ -98,6 +99,16 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     return values if len(values) == n and all(np.isfinite(values)) else None
 
 
+def _text(value: Any) -> str:
+    """A value as text, the same whoever parsed it (pydicom, rawread, DICOM JSON): several values
+    joined by backslashes, numbers as Python writes them."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, (list, tuple)) or (isinstance(value, Iterable) and not isinstance(value, str)):
+        return "\\".join(_text(v) for v in value)
+    return str(int(value)) if isinstance(value, int) else str(value)
+
+
 def _float(value: Any) -> float | None:
     got = _floats(value, 1)
     return got[0] if got else None
@@ -145,10 +156,10 @@ def frames_of(ds: Attributes) -> list[Frame]:
         thickness = _group_value(groups, "PixelMeasuresSequence", "SliceThickness")
         between = _group_value(groups, "PixelMeasuresSequence", "SpacingBetweenSlices")
         acquisition = (
-            str(_group_value(groups, "FrameContentSequence", "StackID") or ""),
-            str(ds.get("EchoNumbers", "") or ""),
-            str(_group_value(groups, "FrameContentSequence", "TemporalPositionIndex")
-                or ds.get("TemporalPositionIndex", "") or ""),
+            _text(_group_value(groups, "FrameContentSequence", "StackID")),
+            _text(ds.get("EchoNumbers")),
+            _text(_group_value(groups, "FrameContentSequence", "TemporalPositionIndex")
+                  or ds.get("TemporalPositionIndex")),
         )
         out.append(Frame(
             sop_instance_uid=str(ds.get("SOPInstanceUID", "")), index=index,
@@ -307,16 +318,22 @@ def plan(frames: Iterable[Frame]) -> tuple[list[Stack], list[Irregular]]:
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 
 
-def read(data: bytes) -> tuple[Dataset, Pixels | None]:
-    """A DICOM object's bytes parsed for its frames: ``(dataset, pixels)``. For an uncompressed
-    little-endian grey image, ``pixels`` reads its frames straight from a view of ``data``, and the
-    dataset is parsed up to the Pixel Data only (no copy of the pixels: 0.5 MB and a third of the parse
-    for a CT slice); ``real_world`` and ``Assembly`` take it. Anything else is parsed whole, and
-    ``pixels`` is None."""
+def read(data: bytes) -> tuple[Dataset | rawread.Attributes, Pixels | None]:
+    """A DICOM object's bytes parsed for its frames: ``(attributes, pixels)``. For an uncompressed
+    little-endian grey image, ``pixels`` reads its frames straight from a view of ``data`` (no copy: 0.5
+    MB a CT slice), and the attributes are what ``rawread`` reads of the object (a tenth of pydicom's
+    cost), or, where it declines, a dataset pydicom parsed up to the Pixel Data; ``real_world`` and
+    ``Assembly`` take both. Anything else is parsed whole by pydicom, and ``pixels`` is None."""
+    fast = rawread.read(data)
+    if fast is not None:
+        attributes, view = fast
+        pixels = Pixels.of(attributes, view, attributes.transfer_syntax)
+        if pixels is not None and pixels.rescale is not None:
+            return attributes, pixels
     fp = io.BytesIO(data)
     ds = dcmread(fp, stop_before_pixels=True)
-    view = _pixel_data_view(ds, data, fp.tell())
-    pixels = Pixels.of(ds, view) if view is not None else None
+    located = _pixel_data_view(ds, data, fp.tell())
+    pixels = Pixels.of(ds, located) if located is not None else None
     if pixels is None:
         return dcmread(io.BytesIO(data)), None
     return ds, pixels
@@ -359,11 +376,14 @@ class Pixels:
     rescale: tuple[float, float] | None
 
     @classmethod
-    def of(cls, ds: Dataset, data: bytes | memoryview) -> Pixels | None:
-        """``ds``'s frames in ``data`` (its Pixel Data's value); None for anything else (compressed,
-        colour, big endian, 1-bit or float pixels, short data): then pydicom decodes it."""
-        meta = getattr(ds, "file_meta", None)
-        syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    def of(cls, ds: Dataset | rawread.Attributes, data: bytes | memoryview,
+           syntax: str | None = None) -> Pixels | None:
+        """``ds``'s frames in ``data`` (its Pixel Data's value), in transfer ``syntax`` (else its file
+        meta's); None for anything else (compressed, colour, big endian, 1-bit or float pixels, short
+        data): then pydicom decodes it."""
+        if syntax is None:
+            meta = getattr(ds, "file_meta", None)
+            syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
         bits = ds.get("BitsAllocated")
         if (syntax not in _NATIVE_LE or bits not in (8, 16, 32) or int(ds.get("SamplesPerPixel") or 1) != 1
                 or str(ds.get("PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2")):
@@ -396,13 +416,20 @@ class Pixels:
         return frame
 
 
-def real_world(ds: Dataset, index: int, out: Float32Array | None = None,
+def real_world(ds: Dataset | rawread.Attributes, index: int, out: Float32Array | None = None,
                pixels: Pixels | None = None) -> Float32Array:
     """Frame ``index`` of ``ds`` in display layout (rows, columns[, samples]), as real-world values:
     the rescale of the frame's Pixel Value Transformation (or the instance's Rescale Slope/Intercept,
     or its Modality LUT) applied to grey images; colour images as they decode. Written into ``out``
     (an array or a view of that shape) when given, which is returned. ``pixels``: what ``read`` gave
     for a dataset parsed up to its Pixel Data."""
+    if pixels is not None and pixels.rescale is not None:
+        raw = pixels.frame(index)
+        if out is None:
+            out = np.empty(raw.shape, dtype=np.float32)
+        _rescale(raw, *pixels.rescale, out)
+        return out
+    assert isinstance(ds, Dataset), "the attributes rawread gives come with their pixels and rescale"
     if pixels is None and "PixelData" in ds:
         pixels = Pixels.of(ds, ds.PixelData)
     raw = pixels.frame(index) if pixels is not None else pixel_array(ds, index=index)
@@ -467,7 +494,8 @@ class Assembly:
         self._filled: set[int] = set()
         self._out: Float32Array | None = None
 
-    def add(self, ds: Dataset, frames: Sequence[Frame], pixels: Pixels | None = None) -> None:
+    def add(self, ds: Dataset | rawread.Attributes, frames: Sequence[Frame], pixels: Pixels | None = None,
+            ) -> None:
         """The object's frames (``frames_of(ds)``) that are the stack's, in their places. GeometryError
         when one's size is not the stack's (of the first frame placed)."""
         for frame in frames:
