@@ -320,10 +320,18 @@ class DirectURLs:
 
     def get(self, sop_instance_uid: str) -> str | None:
         with self._lock:
-            if time.time() >= self._until:
-                self._urls, seconds = self.archive.direct_urls(self.collection, self.version)
-                self._until = time.time() + DIRECT_RENEW * seconds if self._urls else math.inf
+            self._renew_when_due()
             return self._urls.get(sop_instance_uid)
+
+    def refresh(self) -> None:
+        """The URLs asked for now when they are due (before the first ``get`` needs them)."""
+        with self._lock:
+            self._renew_when_due()
+
+    def _renew_when_due(self) -> None:
+        if time.time() >= self._until:
+            self._urls, seconds = self.archive.direct_urls(self.collection, self.version)
+            self._until = time.time() + DIRECT_RENEW * seconds if self._urls else math.inf
 
 
 class Archive:

@@ -176,9 +176,10 @@ class CollectionDataset:
         self.concurrency = concurrency
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
-        # presigned URLs of the objects in the archive's store, asked for when something is first fetched
         try:
             self.version, manifest = self._manifest(version)
+            # presigned URLs of the objects in the archive's store, asked for on first use (or while the
+            # stacks are planned: _series_items); pickled with the dataset
             self._direct = DirectURLs(self.archive, collection, self.version)
             self.rows = select(manifest, where)
             self._by_sop = {r["sop_instance_uid"]: r for r in self.rows}
@@ -325,12 +326,18 @@ class CollectionDataset:
             else:
                 missing[rows[0]["study_instance_uid"]].append(series)
         if missing:
+            # a first run: the store's URLs are asked for while the metadata comes, when objects are to
+            # be fetched (a later run, its stacks cached, sends no request until an object is missing)
+            early = (self._thread_pool().submit(self._direct.refresh)
+                     if any(row["sha256"] not in self.cache for row in self.rows) else None)
             studies = sorted(missing)
             for study, metadata in zip(studies, self._pool_map(self._study_metadata, studies), strict=True):
                 for series in missing[study]:
                     plans[series] = self._plan(by_series[series], metadata)
                     self.cache.write_file(self._plan_path(by_series[series]),
                                           json.dumps(plans[series]).encode())
+            if early is not None:
+                early.result()
         items = []
         for series in by_series:
             plan = plans[series]
