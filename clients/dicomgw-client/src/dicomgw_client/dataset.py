@@ -24,11 +24,13 @@ where an instance has no geometry) and ``meta`` (the manifest row; for a stack, 
 values and the instance columns as lists in slice order, with ``frame``, ``stack`` and ``stacks``).
 
 Objects come through a verified cache (``cache.Cache``): fetched once as stored, checked against the
-manifest's SHA-256, decoded here (pydicom with the pylibjpeg codecs; uncompressed frames straight from
-their bytes). Where the archive hands out presigned URLs of its store, objects are read from there,
-concurrently; else with WADO-RS (one request for a series when at least ``api.SERIES_REQUEST_MIN`` of
-its objects, and half of them, are missing; else one request per instance, concurrently). Iterating
-fetches the next item's objects while the current one is decoded. A second epoch, and a later run of a
+manifest's SHA-256, decoded here (an uncompressed little-endian object read by ``rawread``, its frames
+straight from its bytes; anything else by pydicom with the pylibjpeg codecs). Where the archive hands
+out presigned URLs of its store, objects are read from there, concurrently; else with WADO-RS (one
+request for a series when at least ``api.SERIES_REQUEST_MIN`` of its objects, and half of them, are
+missing; else one request per instance, concurrently). An item is made from its objects as they
+arrive; iterating, a background thread fetches item after item, at most one ahead of the one being
+made. A second epoch, and a later run of a
 pinned ``version``, send no request at all; with ``version=None`` and the archive out of reach, the
 latest version cached is used.
 
