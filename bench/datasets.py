@@ -444,6 +444,17 @@ async def collection_keys(archive: Archive, collection: str, sha256s: set[str]) 
     return sorted(keys.values())
 
 
+def copied(dest: Path, key: str, data: bytes, made: set[Path]) -> int:
+    """``data`` of the object ``key`` written where a pull puts it: originals/{study}/{series}/{sop}/
+    {sha256}.dcm -> dest/{study}/{series}/{sop}.dcm (``made``: the folders made so far). Its size."""
+    path = dest / (key.split("/originals/", 1)[1].rsplit("/", 1)[0] + ".dcm")
+    if path.parent not in made:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made.add(path.parent)
+    path.write_bytes(data)
+    return len(data)
+
+
 async def raw_copy(archive: Archive, keys: list[str], dest: Path, concurrency: int) -> tuple[float, int]:
     """(seconds, bytes) of GETting every key from MinIO, ``concurrency`` at once, each into a file."""
     from dicomgw.storage.s3 import S3Store
@@ -455,13 +466,7 @@ async def raw_copy(archive: Archive, keys: list[str], dest: Path, concurrency: i
     async def one(key: str) -> int:
         async with sem:
             data = await store.read(key)
-        # originals/{study}/{series}/{sop}/{sha256}.dcm -> {study}/{series}/{sop}.dcm, as a pull lays it out
-        path = dest / (key.split("/originals/", 1)[1].rsplit("/", 1)[0] + ".dcm")
-        if path.parent not in made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            made.add(path.parent)
-        path.write_bytes(data)
-        return len(data)
+        return copied(dest, key, data, made)
 
     try:
         t0 = time.perf_counter()
@@ -492,12 +497,7 @@ def presigned_copy(archive: Archive, keys: list[str], dest: Path, concurrency: i
         data = store.get(url)
         if data is None:
             raise RuntimeError(f"{key}: not given by the store")
-        path = dest / (key.split("/originals/", 1)[1].rsplit("/", 1)[0] + ".dcm")
-        if path.parent not in made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            made.add(path.parent)
-        path.write_bytes(data)
-        return len(data)
+        return copied(dest, key, data, made)
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         t0 = time.perf_counter()
