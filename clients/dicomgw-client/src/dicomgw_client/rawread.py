@@ -90,6 +90,21 @@ def read(data: bytes) -> tuple[Attributes, memoryview] | None:
         return None
 
 
+def pixel_data_at(data: bytes, pos: int, syntax: str) -> memoryview | None:
+    """The value of the top-level Pixel Data element that starts at ``pos`` (a view of ``data``), in
+    Implicit or Explicit VR Little Endian with a defined length, OB or OW; None otherwise."""
+    if syntax not in (IMPLICIT_VR_LE, EXPLICIT_VR_LE):
+        return None
+    try:
+        tag, vr, length, start = _header(data, pos, syntax == EXPLICIT_VR_LE)
+    except (Declined, struct.error):
+        return None
+    if (tag != PIXEL_DATA or length == _UNDEFINED or start + length > len(data)
+            or (syntax == EXPLICIT_VR_LE and vr not in (b"OB", b"OW"))):
+        return None
+    return memoryview(data)[start:start + length]
+
+
 def _header(data: bytes, pos: int, explicit: bool) -> tuple[int, bytes, int, int]:
     """(tag, VR or b"", value length, where the value starts) of the element at ``pos``."""
     group, element = struct.unpack_from("<HH", data, pos)
@@ -174,9 +189,8 @@ def _read(data: bytes) -> tuple[Attributes, memoryview] | None:
     while pos + 8 <= len(data):
         tag, vr, length, start = _header(data, pos, explicit)
         if tag == PIXEL_DATA:
-            if length == _UNDEFINED or start + length > len(data) or (explicit and vr not in (b"OB", b"OW")):
-                return None
-            return Attributes(values, syntax), memoryview(data)[start:start + length]
+            view = pixel_data_at(data, pos, syntax)
+            return None if view is None else (Attributes(values, syntax), view)
         if tag in DECLINED or tag > PIXEL_DATA:
             return None
         if length == _UNDEFINED:

@@ -39,9 +39,8 @@ STEP_TOLERANCE = 0.01
 # orientations whose direction cosines differ by less than this are one orientation
 ORIENTATION_TOLERANCE = 1e-4
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-# uncompressed little-endian transfer syntaxes (Implicit and Explicit VR), read by _native_frame
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-_NATIVE_LE = frozenset({"1.2.840.10008.1.2", EXPLICIT_VR_LE})
+# uncompressed little-endian transfer syntaxes (Implicit and Explicit VR), read straight by Pixels
+_NATIVE_LE = frozenset({rawread.IMPLICIT_VR_LE, rawread.EXPLICIT_VR_LE})
 
 
 @dataclass(frozen=True)
@@ -315,9 +314,6 @@ def plan(frames: Iterable[Frame]) -> tuple[list[Stack], list[Irregular]]:
 
 
 # ---- pixels ----------------------------------------------------------------------------------------
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
-
-
 def read(data: bytes) -> tuple[Dataset | rawread.Attributes, Pixels | None]:
     """A DICOM object's bytes parsed for its frames: ``(attributes, pixels)``. For an uncompressed
     little-endian grey image, ``pixels`` reads its frames straight from a view of ``data`` (no copy: 0.5
@@ -330,32 +326,16 @@ def read(data: bytes) -> tuple[Dataset | rawread.Attributes, Pixels | None]:
         pixels = Pixels.of(attributes, view, attributes.transfer_syntax)
         if pixels is not None and pixels.rescale is not None:
             return attributes, pixels
+        # its attributes are pydicom's (rawread declines what it does not read so): not a view either
+        return dcmread(io.BytesIO(data)), None
     fp = io.BytesIO(data)
     ds = dcmread(fp, stop_before_pixels=True)
-    located = _pixel_data_view(ds, data, fp.tell())
+    meta = getattr(ds, "file_meta", None)
+    located = rawread.pixel_data_at(data, fp.tell(), str(meta.get("TransferSyntaxUID", "")) if meta else "")
     pixels = Pixels.of(ds, located) if located is not None else None
     if pixels is None:
         return dcmread(io.BytesIO(data)), None
     return ds, pixels
-
-
-def _pixel_data_view(ds: Dataset, data: bytes, at: int) -> memoryview | None:
-    """The value of the top-level Pixel Data element that starts at offset ``at`` of ``data`` (where a
-    parse that stopped before the pixels left off), in an uncompressed little-endian transfer syntax with
-    a defined length; None otherwise."""
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    if syntax not in _NATIVE_LE or data[at:at + 4] != _PIXEL_DATA_TAG:
-        return None
-    if syntax == EXPLICIT_VR_LE:
-        if data[at + 4:at + 6] not in (b"OB", b"OW"):
-            return None
-        length, start = int.from_bytes(data[at + 8:at + 12], "little"), at + 12
-    else:
-        length, start = int.from_bytes(data[at + 4:at + 8], "little"), at + 8
-    if length == 0xFFFFFFFF or start + length > len(data):
-        return None
-    return memoryview(data)[start:start + length]
 
 
 @dataclass(frozen=True)
